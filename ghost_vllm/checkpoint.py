@@ -1,0 +1,271 @@
+"""Reading Mamba2 model directories (validated cheaply before any weight is loaded) and writing ghost checkpoints
+atomically (temporary directory beside the target, renamed at the end) with ``ghost.json`` provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ghost_vllm.errors import CheckpointError, ModelError, OutputError
+
+__all__ = [
+    "GHOST_ARCHITECTURE",
+    "GHOST_FILE",
+    "TOKENIZER_FILES",
+    "resolve_model_path",
+    "read_config",
+    "weight_shapes",
+    "validate_model_dir",
+    "source_hash",
+    "load_model",
+    "load_tokenizer",
+    "write_checkpoint",
+    "read_ghost_json",
+    "clean_stale_temporaries",
+]
+
+log = logging.getLogger(__name__)
+
+GHOST_ARCHITECTURE = "GhostMamba2ForCausalLM"
+GHOST_FILE = "ghost.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(path: str) -> Path:
+    if path == "reference":
+        from ghost_vllm.reference import MODEL_DIR
+
+        if not (MODEL_DIR / "config.json").is_file():
+            raise ModelError(f"the bundled reference model is missing at {MODEL_DIR}; reinstall ghost_vllm from a full clone")
+        return MODEL_DIR
+    return Path(path)
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: model directory not found; pass a Hugging Face-format Mamba2 directory with --model")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{model_dir}: no config.json; a Hugging Face-format Mamba2 directory has config.json + *.safetensors")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg_path}: not valid JSON ({e}); restore the file from the original checkpoint") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{cfg_path}: expected a JSON object")
+    return cfg
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        if (model_dir / "pytorch_model.bin").exists():
+            raise ModelError(
+                f"{model_dir}: only pytorch_model.bin (a pickle) is present; convert it to safetensors first — "
+                f"pickles from untrusted sources can execute code, so ghost_vllm never loads them"
+            )
+        raise ModelError(f"{model_dir}: no *.safetensors weight files")
+    return files
+
+
+def weight_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name → (shape, dtype) from the safetensors headers, without loading any weight."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for f in _safetensors_files(model_dir):
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for name in h.keys():
+                    sl = h.get_slice(name)
+                    shapes[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt headers
+            raise ModelError(f"{f}: unreadable safetensors file ({str(e).splitlines()[0]}); the file is truncated or corrupt — re-download or re-export it") from None
+    return shapes
+
+
+def _expected_mixer_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    H, P, G, N = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"], cfg["state_size"]
+    hid, K = cfg["hidden_size"], cfg.get("conv_kernel", 4)
+    I = H * P
+    return {
+        "in_proj.weight": (2 * I + 2 * G * N + H, hid),
+        "conv1d.weight": (I + 2 * G * N, 1, K),
+        "A_log": (H,),
+        "D": (H,),
+        "dt_bias": (H,),
+        "out_proj.weight": (hid, I),
+    }
+
+
+def validate_model_dir(model_dir: Path) -> dict[str, Any]:
+    """Check config and weight shapes of a HF Mamba2 directory; return the config. Loads no weights."""
+    cfg = read_config(model_dir)
+    if cfg.get("model_type") != "mamba2":
+        raise ModelError(
+            f"{model_dir}: model_type is {cfg.get('model_type')!r}, not 'mamba2'; ghost_vllm prunes Mamba2 models only"
+        )
+    for key in ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "n_groups", "state_size"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ModelError(f"{model_dir}/config.json: {key} = {v!r}; expected a positive integer")
+    if cfg["num_heads"] % cfg["n_groups"]:
+        raise ModelError(f"{model_dir}/config.json: n_groups {cfg['n_groups']} does not divide num_heads {cfg['num_heads']}")
+    expand = cfg.get("expand", 2)
+    if cfg["num_heads"] * cfg["head_dim"] != int(expand * cfg["hidden_size"]):
+        raise ModelError(
+            f"{model_dir}/config.json: num_heads·head_dim = {cfg['num_heads'] * cfg['head_dim']} but "
+            f"expand·hidden_size = {int(expand * cfg['hidden_size'])}; the config is inconsistent"
+        )
+    shapes = weight_shapes(model_dir)
+    expected = _expected_mixer_shapes(cfg)
+    for i in range(cfg["num_hidden_layers"]):
+        for suffix, shape in expected.items():
+            name = f"backbone.layers.{i}.mixer.{suffix}"
+            if name not in shapes:
+                raise ModelError(f"{model_dir}: tensor {name} is missing from the safetensors files")
+            if shapes[name][0] != shape:
+                raise ModelError(
+                    f"{model_dir}: {name} has shape {list(shapes[name][0])}, config.json implies {list(shape)}"
+                )
+    if not any(k.startswith("backbone.embedding") for k in shapes):
+        raise ModelError(f"{model_dir}: no embedding tensor (backbone.embeddings.weight) in the safetensors files")
+    return cfg
+
+
+def source_hash(model_dir: Path) -> str:
+    """sha256 over config.json and the safetensors files (in name order)."""
+    h = hashlib.sha256()
+    for f in [model_dir / "config.json", *_safetensors_files(model_dir)]:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu", check_finite: bool = True):
+    """Validated ``Mamba2ForCausalLM`` in eval mode, group-wise gated norm patched in when ``n_groups > 1``."""
+    from transformers import Mamba2ForCausalLM
+
+    from ghost_vllm.mamba.norm import patch_group_norm
+
+    validate_model_dir(model_dir)
+    torch_dtype = "auto" if dtype == "auto" else _TORCH_DTYPES[dtype]
+    model = Mamba2ForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True)
+    model = model.to(device).eval()
+    patch_group_norm(model)
+    if check_finite:
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise ModelError(f"{model_dir}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
+    return model
+
+
+def load_tokenizer(model_dir: Path, override: Optional[str] = None):
+    """Tokenizer from ``override`` (a directory or a tokenizer.json file) or from the model directory."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    where = Path(override) if override else model_dir
+    try:
+        if where.is_file():
+            return PreTrainedTokenizerFast(tokenizer_file=str(where))
+        if where.is_dir() and ((where / "tokenizer.json").is_file() or (where / "tokenizer_config.json").is_file()):
+            return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+    except Exception as e:
+        raise ModelError(f"{where}: tokenizer could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    raise ModelError(f"{where}: no tokenizer (tokenizer.json); pass one with --tokenizer PATH")
+
+
+def read_ghost_json(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / GHOST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no {GHOST_FILE}; this is not a ghost checkpoint (create one with 'ghost-vllm prune')")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-run 'ghost-vllm prune'") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(target: Path) -> list[Path]:
+    """Remove temporary directories left beside ``target`` by writers that died (their pid is gone)."""
+    removed = []
+    parent = target.parent if str(target.parent) else Path(".")
+    for tmp in parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(f".{target.name}.tmp-") :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning("removed stale temporary directory %s left by a killed run (pid %d)", tmp, pid)
+            removed.append(tmp)
+    return removed
+
+
+def _prepare_target(target: Path, overwrite: bool) -> Path:
+    """Check the target and return a fresh temporary directory beside it."""
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target}: already exists; pass --overwrite to replace it or choose another --out")
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
+    except OSError as e:
+        raise OutputError(f"{parent}: cannot create the output directory here ({e.strerror}); choose a writable --out") from None
+
+
+def write_checkpoint(
+    model, target: Path, ghost: dict[str, Any], source_dir: Path, overwrite: bool = False,
+    tokenizer_override: Optional[str] = None,
+) -> Path:
+    """Save ``model`` (safetensors + config.json), the tokenizer files and ``ghost.json`` to ``target`` atomically."""
+    tmp = _prepare_target(target, overwrite)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg["architectures"] = [GHOST_ARCHITECTURE]  # model_type stays mamba2: transformers still loads it
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        tok_src = Path(tokenizer_override) if tokenizer_override else source_dir
+        if tok_src.is_file():
+            shutil.copy(tok_src, tmp / "tokenizer.json")
+        else:
+            for name in TOKENIZER_FILES:
+                if (tok_src / name).is_file():
+                    shutil.copy(tok_src / name, tmp / name)
+        (tmp / GHOST_FILE).write_text(json.dumps(ghost, indent=1) + "\n", encoding="utf-8")
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{target}: writing the checkpoint failed ({e.strerror or e}); nothing was left behind") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,221 @@
+"""``ghost-vllm``: prune | eval | inspect | serve. Thin: parse, call, print. User errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ghost_vllm.errors import GhostError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("ghost_vllm")
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="calibrate, score, truncate and write a reduced checkpoint")
+    p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
+    p.add_argument("--model", help="Mamba2 model directory, or 'reference' for the bundled model")
+    p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
+    p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
+    p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")
+    p.add_argument("--calibration", help="text/JSONL file, directory, 'reference' or 'wikitext2'")
+    p.add_argument("--nsamples", type=int, help="calibration windows (paper: 128)")
+    p.add_argument("--seq-len", type=int, help="tokens per calibration window (paper: 128)")
+    p.add_argument("--batch-size", type=int, help="calibration windows per batch")
+    p.add_argument("--seed", type=int, help="seed of the window draw (and of 'random')")
+    p.add_argument("--tokenizer", help="tokenizer directory or tokenizer.json (default: the model's)")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--out", help="output directory (default: <model>-<method><percent>)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity (token, word, bits/byte) and LAMBADA accuracy")
+    p.add_argument("model", help="model directory or 'reference'")
+    p.add_argument("--data", action="append", default=[], help="text/JSONL file, directory or dataset name (repeatable)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens of each text")
+    p.add_argument("--lambada", help="LAMBADA JSONL with context/target fields")
+    p.add_argument("--lambada-limit", type=int, default=None, help="first N LAMBADA examples only")
+    p.add_argument("--tokenizer", help="tokenizer directory or tokenizer.json (default: the model's)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="per-layer N and state bytes per sequence vs the original")
+    p.add_argument("model", help="model directory or 'reference'")
+    p.add_argument("--dtype", help="state dtype to price (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="dense vs pruned: perplexity and state bytes per sequence, as a table")
+    p.add_argument("models", nargs="+", help="model directories ('reference' for the bundled one); the first is the baseline")
+    p.add_argument("--data", action="append", default=[], help="text/JSONL file, directory or name (repeatable)")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible vLLM server for a (ghost) checkpoint; extra args go to vLLM",
+                       add_help=False)
+    p.add_argument("model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ghost-vllm", description="GHOST state pruning for Mamba2, served with vLLM")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="command")
+    _add_prune(sub)
+    _add_eval(sub)
+    _add_inspect(sub)
+    _add_compare(sub)
+    _add_serve(sub)
+    return ap
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GhostError("--device cuda: no CUDA device is visible; use --device cpu")
+    return name
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ghost_vllm.commands.prune import run_prune
+    from ghost_vllm.recipe import load_recipe
+
+    overrides = {
+        "model.path": args.model, "model.tokenizer": args.tokenizer, "model.dtype": args.dtype,
+        "model.device": args.device, "selection.method": args.method, "selection.sparsity": args.sparsity,
+        "selection.multiple_of": args.multiple_of, "selection.seed": args.seed, "calibration.source": args.calibration,
+        "calibration.nsamples": args.nsamples, "calibration.seq_len": args.seq_len,
+        "calibration.batch_size": args.batch_size, "calibration.seed": args.seed, "output.dir": args.out,
+        "output.overwrite": args.overwrite,
+    }
+    recipe = load_recipe(args.recipe, overrides)
+    out = run_prune(recipe, device=_device(recipe.model.device), progress=not args.no_progress)
+    print(out.summary())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
+    from ghost_vllm.evaluate import lambada_accuracy, perplexity
+
+    if not args.data and not args.lambada:
+        raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME and/or --lambada PATH")
+    model_dir = resolve_model_path(args.model)
+    tok = load_tokenizer(model_dir, args.tokenizer)
+    model = load_model(model_dir, args.dtype, _device(args.device))
+    report: dict = {"model": str(model_dir), "perplexity": [], "lambada": None}
+    for source in args.data:
+        r = perplexity(model, tok, source, seq_len=args.seq_len, batch_size=args.batch_size,
+                       max_tokens=args.max_tokens, progress=not args.no_progress)
+        report["perplexity"].append(r.to_dict())
+        print(f"{source}: seq_len {r.seq_len}, {r.tokens} tokens, {r.words} words | token ppl {r.token_ppl:.3f} | "
+              f"word ppl {r.word_ppl:.3f} | bits/byte {r.bits_per_byte:.4f}")
+    if args.lambada:
+        lr = lambada_accuracy(model, tok, args.lambada, limit=args.lambada_limit, progress=not args.no_progress)
+        report["lambada"] = lr.to_dict()
+        print(f"{args.lambada}: LAMBADA accuracy {lr.accuracy:.4f} ({lr.correct}/{lr.examples})")
+    if args.json:
+        from ghost_vllm.commands.io import write_json_atomic
+
+        write_json_atomic(args.json, report)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ghost_vllm.checkpoint import resolve_model_path
+    from ghost_vllm.inspect import format_inspection, inspect_checkpoint
+
+    info = inspect_checkpoint(resolve_model_path(args.model), dtype=args.dtype)
+    print(json.dumps(info, indent=1) if args.json else format_inspection(info))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ghost_vllm.commands.compare import compare_models, format_comparison
+
+    if not args.data:
+        raise GhostError("compare: pass at least one --data PATH_OR_NAME")
+    rows = compare_models(args.models, args.data, args.seq_len, _device(args.device), args.max_tokens,
+                          progress=not args.no_progress)
+    print(format_comparison(rows))
+    if args.json:
+        from ghost_vllm.commands.io import write_json_atomic
+
+        write_json_atomic(args.json, rows)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from ghost_vllm.commands.serve import run_serve
+
+    return run_serve(args.model, extra)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.command in ("prune", "eval", "compare"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the "mamba_ssm not installed, using the torch path" notices
+        hf_logging.disable_progress_bar()
+    if args.version:
+        from ghost_vllm import __version__
+
+        print(f"ghost-vllm {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "serve":
+            return cmd_serve(args, extra)
+        commands = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "compare": cmd_compare}
+        return commands[args.command](args)
+    except GhostError as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal failure: one line unless --debug
+        if args.debug:
+            raise
+        print(f"error: internal {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

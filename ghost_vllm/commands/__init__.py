@@ -1,0 +1,1 @@
+"""Command implementations behind the CLI (each usable from Python too)."""

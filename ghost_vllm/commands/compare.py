@@ -1,0 +1,45 @@
+"""``ghost-vllm compare``: dense vs pruned on the same texts — perplexity and state bytes per sequence, as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
+from ghost_vllm.evaluate import perplexity
+from ghost_vllm.inspect import inspect_checkpoint
+
+__all__ = ["compare_models", "format_comparison"]
+
+
+def compare_models(models: list[str], data: list[str], seq_len: int = 512, device: str = "cpu",
+                   max_tokens: Optional[int] = None, progress: bool = True) -> list[dict]:
+    rows = []
+    for name in models:
+        model_dir = resolve_model_path(name)
+        info = inspect_checkpoint(model_dir)
+        tok = load_tokenizer(model_dir)
+        model = load_model(model_dir, "auto", device)
+        evals = [perplexity(model, tok, d, seq_len=seq_len, max_tokens=max_tokens, progress=progress).to_dict()
+                 for d in data]
+        rows.append({"model": name, "inspect": info, "perplexity": evals})
+        del model
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    data = [e["source"] for e in rows[0]["perplexity"]]
+    base = rows[0]["inspect"]["bytes_per_sequence"]
+    head = ["model", "N", "state B/seq", "seqs per state memory"] + [
+        f"{Path(d).name} {kind}" for d in data for kind in ("token ppl", "word ppl")
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        i = r["inspect"]
+        cells = [r["model"], str(i["state_size"]), f"{i['bytes_per_sequence']:,}", f"{base / i['bytes_per_sequence']:.3f}×"]
+        for e in r["perplexity"]:
+            cells += [f"{e['token_ppl']:.2f}", f"{e['word_ppl']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    seq = rows[0]["perplexity"][0]["seq_len"] if data else "-"
+    lines.append(f"\n(perplexity over whole texts in non-overlapping windows of {seq} tokens)")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""``ghost-vllm prune``: everything cheap is validated before the model is loaded; the checkpoint is written
+atomically with ``ghost.json`` provenance."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ghost_vllm import __version__
+from ghost_vllm.calib import load_texts, make_windows
+from ghost_vllm.checkpoint import (
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    source_hash,
+    validate_model_dir,
+    write_checkpoint,
+)
+from ghost_vllm.errors import OutputError
+from ghost_vllm.pipeline import PruneReport, prune_model
+from ghost_vllm.recipe import Recipe
+from ghost_vllm.selection import kept_count
+from ghost_vllm.state import state_size_of
+
+__all__ = ["PruneOutcome", "run_prune", "ghost_json"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    out_dir: Path
+    ghost: dict
+
+    def summary(self) -> str:
+        g = self.ghost
+        return (
+            f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']}, N {g['state_size_original']} → {g['state_size']} "
+            f"in {g['num_hidden_layers']} layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
+            f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); calibration "
+            f"{g['timings']['calibration_s']:.1f} s"
+        )
+
+
+def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict, model_dir: Path, digest: str,
+               dtype: str) -> dict:
+    orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
+    new = state_size_of(cfg, state_size=report.state_size, dtype=dtype)
+    return {
+        "format_version": 1,
+        "package": "ghost_vllm",
+        "version": __version__,
+        "method": report.method,
+        "sparsity": report.sparsity,
+        "multiple_of": recipe.selection.multiple_of,
+        "seed": recipe.selection.seed,
+        "state_size_original": report.state_size_original,
+        "state_size": report.state_size,
+        "n_groups": cfg["n_groups"],
+        "num_hidden_layers": cfg["num_hidden_layers"],
+        "state_bytes_per_sequence_original": orig.bytes_per_sequence,
+        "state_bytes_per_sequence": new.bytes_per_sequence,
+        "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
+        "dtype": dtype,
+        "layers": [layer.to_dict() for layer in report.layers],
+        "calibration": calib_spec,
+        "source": {"path": str(model_dir.resolve()), "sha256": digest},
+        "recipe": recipe.to_dict(),
+        "timings": {"calibration_s": report.calibration_s, "peak_memory_bytes": report.peak_memory_bytes},
+    }
+
+
+def run_prune(recipe: Recipe, device: str = "cpu", progress: bool = True) -> PruneOutcome:
+    # cheap checks first: model config/shapes, output target, sparsity vs N, calibration text
+    model_dir = resolve_model_path(recipe.model.path)
+    cfg = validate_model_dir(model_dir)
+    target = recipe.output_dir()
+    if target.exists() and not recipe.output.overwrite:
+        raise OutputError(f"{target}: already exists; pass --overwrite to replace it or choose another --out")
+    if target.resolve() == model_dir.resolve():
+        raise OutputError(f"{target}: is the input model; choose another --out")
+    kept_count(int(cfg["state_size"]), recipe.selection.sparsity, recipe.selection.multiple_of)
+    texts = load_texts(recipe.calibration.source)
+    tokenizer = load_tokenizer(model_dir, recipe.model.tokenizer)
+    c = recipe.calibration
+    calib = make_windows(texts, tokenizer, c.nsamples, c.seq_len, c.seed, c.source)
+    log.info("calibration: %d windows × %d tokens from %s", c.nsamples, c.seq_len, c.source)
+
+    digest = source_hash(model_dir)
+    model = load_model(model_dir, recipe.model.dtype, device)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    report = prune_model(model, calib.tokens, recipe.selection.method, recipe.selection.sparsity,
+                         recipe.selection.multiple_of, recipe.selection.seed, c.batch_size, progress)
+    ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype)
+    write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
+                     tokenizer_override=recipe.model.tokenizer)
+    return PruneOutcome(target, ghost)

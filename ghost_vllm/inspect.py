@@ -1,0 +1,73 @@
+"""What a checkpoint's state costs per sequence: per-layer N read from the weight shapes, bytes per sequence from
+the real dtypes, and the same for the original model recorded in ``ghost.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ghost_vllm.checkpoint import GHOST_FILE, read_config, read_ghost_json, weight_shapes
+from ghost_vllm.errors import CheckpointError
+from ghost_vllm.state import state_size_of
+
+__all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection"]
+
+
+def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
+    """N of every layer, from ``in_proj`` rows = 2I + 2GN + H."""
+    shapes = weight_shapes(model_dir)
+    I = cfg["num_heads"] * cfg["head_dim"]
+    out = []
+    for i in range(cfg["num_hidden_layers"]):
+        name = f"backbone.layers.{i}.mixer.in_proj.weight"
+        if name not in shapes:
+            raise CheckpointError(f"{model_dir}: tensor {name} is missing")
+        rows = shapes[name][0][0]
+        n2g = rows - 2 * I - cfg["num_heads"]
+        if n2g <= 0 or n2g % (2 * cfg["n_groups"]):
+            raise CheckpointError(f"{model_dir}: {name} has {rows} rows, which fits no state_size")
+        out.append(n2g // (2 * cfg["n_groups"]))
+    return out
+
+
+def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, Any]:
+    cfg = read_config(model_dir)
+    per_layer = layer_state_sizes(model_dir, cfg)
+    dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
+    n_orig = int(ghost["state_size_original"]) if ghost else int(cfg["state_size"])
+    pruned = state_size_of(cfg, state_size=int(cfg["state_size"]), dtype=dtype)
+    original = state_size_of(cfg, state_size=n_orig, dtype=dtype)
+    return {
+        "model": str(model_dir),
+        "architecture": (cfg.get("architectures") or ["?"])[0],
+        "dtype": dtype,
+        "layers": cfg["num_hidden_layers"],
+        "n_groups": cfg["n_groups"],
+        "state_size": int(cfg["state_size"]),
+        "state_size_original": n_orig,
+        "state_size_per_layer": per_layer,
+        "method": ghost.get("method") if ghost else None,
+        "sparsity": ghost.get("sparsity") if ghost else None,
+        "bytes_per_sequence": pruned.bytes_per_sequence,
+        "bytes_per_sequence_original": original.bytes_per_sequence,
+        "ssm_bytes_per_sequence": pruned.ssm_bytes,
+        "conv_bytes_per_sequence": pruned.conv_bytes,
+        "state_reduction_ratio": original.bytes_per_sequence / pruned.bytes_per_sequence,
+    }
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    mib = 1 / 2**20
+    lines = [
+        f"model            {info['model']} ({info['architecture']}, {info['dtype']})",
+        f"layers           {info['layers']}, n_groups {info['n_groups']}",
+        f"state_size N     {info['state_size_original']} → {info['state_size']}"
+        + (f"  ({info['method']}, κ={info['sparsity']})" if info["method"] else ""),
+        f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}",
+        f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
+        f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB)",
+        f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",
+        f"reduction        {info['state_reduction_ratio']:.3f}× more sequences in the same state memory",
+    ]
+    return "\n".join(lines)

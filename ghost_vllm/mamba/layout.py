@@ -1,0 +1,93 @@
+"""Row and channel layout of a Mamba2 mixer, computed once from the config.
+
+``in_proj.weight`` rows: ``z (I) | x (I) | B (G·N, group-major) | C (G·N) | dt (H)``;
+``conv1d`` channels: ``x (I) | B (G·N) | C (G·N)``. I = num_heads·head_dim, G = n_groups, N = state_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["InProjLayout"]
+
+
+@dataclass(frozen=True)
+class InProjLayout:
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    n_groups: int
+    state_size: int
+    conv_kernel: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "InProjLayout":
+        return cls(
+            hidden_size=int(cfg.hidden_size),
+            num_heads=int(cfg.num_heads),
+            head_dim=int(cfg.head_dim),
+            n_groups=int(cfg.n_groups),
+            state_size=int(cfg.state_size),
+            conv_kernel=int(cfg.conv_kernel),
+        )
+
+    # sizes -------------------------------------------------------------------------------------------------------
+    @property
+    def intermediate_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.n_groups
+
+    @property
+    def conv_dim(self) -> int:
+        return self.intermediate_size + 2 * self.n_groups * self.state_size
+
+    @property
+    def in_proj_rows(self) -> int:
+        return 2 * self.intermediate_size + 2 * self.n_groups * self.state_size + self.num_heads
+
+    # offsets -----------------------------------------------------------------------------------------------------
+    @property
+    def b_row0(self) -> int:
+        """First B row in ``in_proj`` (B and C rows of the conv channels sit ``intermediate_size`` lower)."""
+        return 2 * self.intermediate_size
+
+    @property
+    def c_row0(self) -> int:
+        return self.b_row0 + self.n_groups * self.state_size
+
+    def split_sizes(self) -> list[int]:
+        """Sizes for ``in_proj`` output split into z, x, B, C, dt."""
+        gn = self.n_groups * self.state_size
+        return [self.intermediate_size, self.intermediate_size, gn, gn, self.num_heads]
+
+    # index sets for pruning -------------------------------------------------------------------------------------
+    def bc_offsets(self, keep: torch.Tensor) -> torch.Tensor:
+        """Kept channel indices ``keep [G, N']`` → flat offsets ``g·N + keep[g, j]`` of the kept entries within one
+        group-major block of ``G·N`` B (or C) rows."""
+        g = torch.arange(self.n_groups, device=keep.device)[:, None]
+        return (g * self.state_size + keep).reshape(-1)
+
+    def in_proj_keep_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """Rows of ``in_proj.weight`` that survive when each group keeps ``keep [G, N']``."""
+        flat = self.bc_offsets(keep).cpu()
+        z_x = torch.arange(2 * self.intermediate_size)
+        dt = torch.arange(self.c_row0 + self.n_groups * self.state_size, self.in_proj_rows)
+        return torch.cat([z_x, self.b_row0 + flat, self.c_row0 + flat, dt])
+
+    def conv_keep_channels(self, keep: torch.Tensor) -> torch.Tensor:
+        """Channels of ``conv1d`` that survive."""
+        flat = self.bc_offsets(keep).cpu()
+        i, gn = self.intermediate_size, self.n_groups * self.state_size
+        return torch.cat([torch.arange(i), i + flat, i + gn + flat])
+
+    def with_state_size(self, n: int) -> "InProjLayout":
+        return InProjLayout(self.hidden_size, self.num_heads, self.head_dim, self.n_groups, n, self.conv_kernel)
+
+    def state_elements(self) -> tuple[int, int]:
+        """Per sequence and layer: (conv state elements, SSM state elements)."""
+        return (self.conv_kernel - 1) * self.conv_dim, self.num_heads * self.head_dim * self.state_size

@@ -1,0 +1,1 @@
+"""Per-layer statistics: capture of layer inputs, streaming accumulators."""
