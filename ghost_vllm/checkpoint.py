@@ -23,6 +23,7 @@ __all__ = [
     "resolve_model_path",
     "read_config",
     "weight_shapes",
+    "check_safetensors_complete",
     "validate_model_dir",
     "source_hash",
     "load_model",
@@ -77,12 +78,33 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def check_safetensors_complete(path: Path) -> None:
+    """Raise :class:`ModelError` unless the file is exactly header + the data its header describes (catches
+    truncated downloads, which safetensors itself only notices when a tensor is read)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(fh.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: corrupt safetensors header ({e}); re-download or re-export the checkpoint") from None
+    if 8 + n + end != size:
+        raise ModelError(
+            f"{path}: truncated or padded safetensors file ({size:,} bytes, header describes {8 + n + end:,}); "
+            f"re-download or re-export the checkpoint"
+        )
+
+
 def weight_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor name → (shape, dtype) from the safetensors headers, without loading any weight."""
     from safetensors import safe_open
 
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     for f in _safetensors_files(model_dir):
+        check_safetensors_complete(f)
         try:
             with safe_open(str(f), framework="pt") as h:
                 for name in h.keys():

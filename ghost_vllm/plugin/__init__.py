@@ -1,5 +1,32 @@
-"""vLLM plugin (filled in by the plugin work)."""
+"""vLLM plugin: serves ghost checkpoints (``architectures: ["GhostMamba2ForCausalLM"]``) with a cache sized for N'.
+
+Entry points (pyproject.toml):
+- ``vllm.general_plugins``  → :func:`register` (runs in every vLLM process; idempotent; lazy ``module:Class``);
+- ``vllm.stat_logger_plugins`` → :class:`ghost_vllm.plugin.metrics.GhostStatLogger` (``ghost:*`` Prometheus metrics).
+
+This package and its submodules are the only places in ghost_vllm that import vLLM or prometheus_client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["ARCHITECTURE", "register"]
+
+ARCHITECTURE = "GhostMamba2ForCausalLM"
+log = logging.getLogger(__name__)
 
 
-def register() -> None:  # placeholder until the plugin lands; registering nothing is harmless
-    return None
+def register() -> None:
+    """Register the ghost architecture with vLLM's model registry and its Mamba config map. Safe to call repeatedly,
+    in any process; changes nothing for other architectures."""
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "ghost_vllm.plugin.model:GhostMamba2ForCausalLM")
+    if ARCHITECTURE not in MODELS_CONFIG_MAP:
+        from ghost_vllm.plugin.model import GhostMambaModelConfig
+
+        # without a MambaModelConfig entry, start-up fails later with `assert mamba_block_size is not None`
+        MODELS_CONFIG_MAP[ARCHITECTURE] = GhostMambaModelConfig

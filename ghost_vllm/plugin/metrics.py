@@ -1,0 +1,143 @@
+"""``ghost:*`` Prometheus metrics on the vLLM server's own ``/metrics`` (stat-logger plugin, API-server process).
+
+Metric names follow Prometheus rules (units in names, ``_total`` for counters) and never reuse a ``vllm:`` name
+(vLLM unregisters those). Metrics are created once per process; labels carry the served model name. For any
+architecture other than ``GhostMamba2ForCausalLM`` the logger stays inert and registers nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from prometheus_client import Counter, Gauge
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from ghost_vllm.plugin import ARCHITECTURE
+
+__all__ = ["GhostStatLogger", "state_bytes", "dense_equivalent_slots"]
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _metrics() -> SimpleNamespace:
+    """The process's metric objects (prometheus_client refuses a second registration of the same name)."""
+    m = ["model_name"]
+    return SimpleNamespace(
+        state_size=Gauge("ghost:state_size", "SSM state channels per group (d_state)", m + ["variant"]),
+        bytes_per_seq=Gauge("ghost:state_bytes_per_sequence", "Recurrent state bytes per sequence (conv + SSM, all "
+                            "layers, at the engine's cache dtypes)", m + ["variant"]),
+        ratio=Gauge("ghost:state_reduction_ratio", "Original / pruned state bytes per sequence", m),
+        slots=Gauge("ghost:state_slots", "Sequence state slots the engine allocated (usable cache blocks)", m),
+        dense_slots=Gauge("ghost:dense_equivalent_state_slots", "State slots the original model would get in the same "
+                          "cache memory", m),
+        running=Gauge("ghost:num_requests_running", "Requests holding a state slot", m),
+        waiting=Gauge("ghost:num_requests_waiting", "Requests waiting for a state slot", m),
+        gen_tokens=Counter("ghost:generation_tokens", "Generated tokens", m),  # exported as ghost:generation_tokens_total
+        throughput=Gauge("ghost:generation_throughput_tokens_per_second", "Generated tokens per second over the "
+                         "last few seconds", m),
+    )
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def state_bytes(hf_config: Any, state_size: int, conv_dtype: str, ssm_dtype: str) -> int:
+    """Per sequence, all layers — the same arithmetic as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``."""
+    from ghost_vllm.state import state_size_of
+
+    cfg = {k: getattr(hf_config, k) for k in ("hidden_size", "num_heads", "head_dim", "n_groups", "num_hidden_layers")}
+    cfg["conv_kernel"] = getattr(hf_config, "conv_kernel", 4)
+    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype)
+    return s.bytes_per_sequence
+
+
+def dense_equivalent_slots(num_blocks: int, pruned_bytes: int, dense_bytes: int, memory_bytes: Optional[int]) -> int:
+    """Usable slots (blocks - 1, one is vLLM's null block) the dense model would get from the same memory."""
+    memory = memory_bytes if memory_bytes else num_blocks * pruned_bytes
+    return max(0, memory // dense_bytes - 1)
+
+
+class GhostStatLogger(StatLoggerBase):
+    def __init__(self, vllm_config, engine_index: int = 0):
+        self.vllm_config = vllm_config
+        self.engine_index = engine_index
+        model_config = vllm_config.model_config
+        self.active = ARCHITECTURE in (getattr(model_config, "architectures", None) or [])
+        names = getattr(model_config, "served_model_name", None) or model_config.model
+        self.model_name = names[0] if isinstance(names, (list, tuple)) else str(names)
+        self._lock = threading.Lock()
+        self._window: list[tuple[float, int]] = []
+        if not self.active:
+            return
+        self.m = _metrics()
+        hf = model_config.hf_config
+        self.info = self._read_ghost(model_config.model, hf)
+        conv_dtype, ssm_dtype = self._cache_dtypes()
+        n, n0 = int(hf.state_size), int(self.info.get("state_size_original", hf.state_size))
+        self.pruned_bytes = state_bytes(hf, n, conv_dtype, ssm_dtype)
+        self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype)
+        label = {"model_name": self.model_name}
+        self.m.state_size.labels(variant="original", **label).set(n0)
+        self.m.state_size.labels(variant="pruned", **label).set(n)
+        self.m.bytes_per_seq.labels(variant="original", **label).set(self.dense_bytes)
+        self.m.bytes_per_seq.labels(variant="pruned", **label).set(self.pruned_bytes)
+        self.m.ratio.labels(**label).set(self.dense_bytes / self.pruned_bytes)
+
+    @staticmethod
+    def _read_ghost(model: str, hf: Any) -> dict:
+        import json
+
+        path = Path(model) / "ghost.json"
+        if os.path.isfile(path):
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("ghost metrics: %s unreadable; reporting the pruned size as original", path)
+        return {"state_size_original": int(hf.state_size)}
+
+    def _cache_dtypes(self) -> tuple[str, str]:
+        try:
+            from vllm.model_executor.models.mamba2 import Mamba2ForCausalLM
+
+            conv, ssm = Mamba2ForCausalLM.get_mamba_state_dtype_from_config(self.vllm_config)
+            return str(conv).replace("torch.", ""), str(ssm).replace("torch.", "")
+        except Exception:  # interface drift: fall back to the model dtype
+            d = str(getattr(self.vllm_config.model_config, "dtype", "float32")).replace("torch.", "")
+            return d, d
+
+    def log_engine_initialized(self) -> None:
+        if not self.active:
+            return
+        cache = self.vllm_config.cache_config
+        blocks = int(getattr(cache, "num_gpu_blocks", 0) or 0)
+        memory = getattr(cache, "kv_cache_memory_bytes", None)
+        label = {"model_name": self.model_name}
+        self.m.slots.labels(**label).set(max(0, blocks - 1))
+        self.m.dense_slots.labels(**label).set(dense_equivalent_slots(blocks, self.pruned_bytes, self.dense_bytes, memory))
+
+    def record(self, scheduler_stats, iteration_stats, *args, **kwargs) -> None:
+        if not self.active:
+            return
+        label = {"model_name": self.model_name}
+        if scheduler_stats is not None:
+            self.m.running.labels(**label).set(getattr(scheduler_stats, "num_running_reqs", 0))
+            self.m.waiting.labels(**label).set(getattr(scheduler_stats, "num_waiting_reqs", 0))
+        if iteration_stats is not None:
+            n = int(getattr(iteration_stats, "num_generation_tokens", 0) or 0)
+            if n:
+                self.m.gen_tokens.labels(**label).inc(n)
+            now = time.monotonic()
+            with self._lock:
+                self._window.append((now, n))
+                self._window = [(t, k) for t, k in self._window if now - t <= 5.0]
+                span = max(now - self._window[0][0], 1e-3) if len(self._window) > 1 else None
+                rate = sum(k for _, k in self._window[1:]) / span if span else 0.0
+            self.m.throughput.labels(**label).set(rate)

@@ -1,0 +1,43 @@
+"""Checks a ghost checkpoint before vLLM allocates anything: ghost.json vs config.json vs the weight shapes.
+No vLLM import here, so the checks are unit-testable without an engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ghost_vllm.checkpoint import read_ghost_json, validate_model_dir
+from ghost_vllm.errors import CheckpointError, ModelError
+from ghost_vllm.inspect import inspect_checkpoint, layer_state_sizes
+
+__all__ = ["validate_ghost_checkpoint"]
+
+
+def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
+    """Return :func:`inspect_checkpoint`'s summary, or raise :class:`CheckpointError` naming the layer and shapes."""
+    try:
+        cfg = validate_model_dir(model_dir)
+    except ModelError as e:
+        raise CheckpointError(f"ghost checkpoint rejected: {e}") from None
+    ghost = read_ghost_json(model_dir)
+    n_cfg = int(cfg["state_size"])
+    n_ghost = ghost.get("state_size")
+    if n_ghost != n_cfg:
+        raise CheckpointError(
+            f"{model_dir}: ghost.json says state_size {n_ghost} but config.json says {n_cfg}; the checkpoint was "
+            f"edited or mixed — re-run 'ghost-vllm prune'"
+        )
+    per_layer = layer_state_sizes(model_dir, cfg)
+    for i, n in enumerate(per_layer):
+        if n != n_cfg:
+            raise CheckpointError(f"{model_dir}: layer {i} has {n} state channels in its weights, config.json says {n_cfg}")
+    layers = ghost.get("layers")
+    if not isinstance(layers, list) or len(layers) != cfg["num_hidden_layers"]:
+        raise CheckpointError(f"{model_dir}: ghost.json lists {len(layers) if isinstance(layers, list) else 'no'} layers, "
+                              f"the model has {cfg['num_hidden_layers']}")
+    for i, layer in enumerate(layers):
+        kept = layer.get("kept") if isinstance(layer, dict) else None
+        if not isinstance(kept, list) or len(kept) != cfg["n_groups"] or any(len(g) != n_cfg for g in kept):
+            raise CheckpointError(f"{model_dir}: ghost.json layer {i} does not keep {n_cfg} channels in each of "
+                                  f"{cfg['n_groups']} groups")
+    return inspect_checkpoint(model_dir)
