@@ -70,6 +70,15 @@ def _add_compare(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_slots(sub) -> None:
+    p = sub.add_parser("slots", help="vLLM state slots of several models in the same state memory (+ sample text)")
+    p.add_argument("models", nargs="+", help="model directories ('reference' for the bundled one); the first is the baseline")
+    p.add_argument("--state-memory", default="256MiB", help="cache memory given to each engine (default 256MiB)")
+    p.add_argument("--prompt", action="append", default=[], help="sample prompt for the last model (repeatable)")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible vLLM server for a (ghost) checkpoint; extra args go to vLLM",
                        add_help=False)
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_inspect(sub)
     _add_compare(sub)
+    _add_slots(sub)
     _add_serve(sub)
     return ap
 
@@ -168,6 +178,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slots(args: argparse.Namespace) -> int:
+    from ghost_vllm.checkpoint import resolve_model_path
+    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.plugin.offline import parse_bytes, probe_engine
+
+    memory = parse_bytes(args.state_memory)
+    rows = []
+    for i, name in enumerate(args.models):
+        model_dir = str(resolve_model_path(name))
+        prompts = args.prompt if i == len(args.models) - 1 else None
+        probe = probe_engine(model_dir, memory, prompts, args.max_tokens)
+        rows.append({"model": name, "bytes_per_sequence": inspect_checkpoint(Path(model_dir))["bytes_per_sequence"],
+                     "num_gpu_blocks": probe.num_gpu_blocks, "state_slots": probe.state_slots,
+                     "completions": dict(zip(prompts or [], probe.completions))})
+    base = rows[0]["state_slots"]
+    print(f"\nvLLM engines with {args.state_memory} of state memory each:")
+    print("| model | state B/seq | concurrent sequences (state slots) | vs first |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['bytes_per_sequence']:,} | {r['state_slots']:,} | {r['state_slots'] / base:.3f}× |")
+    for prompt, text in rows[-1]["completions"].items():
+        print(f"\n[{rows[-1]['model']}] {prompt!r} → {text!r}")
+    if args.json:
+        from ghost_vllm.commands.io import write_json_atomic
+
+        write_json_atomic(args.json, {"state_memory_bytes": memory, "rows": rows})
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from ghost_vllm.commands.serve import run_serve
 
@@ -199,7 +237,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "serve":
             return cmd_serve(args, extra)
-        commands = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "compare": cmd_compare}
+        commands = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "compare": cmd_compare,
+                    "slots": cmd_slots}
         return commands[args.command](args)
     except GhostError as e:
         if args.debug:
