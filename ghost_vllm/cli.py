@@ -79,6 +79,27 @@ def _add_slots(sub) -> None:
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks against real servers")
+    bsub = p.add_subparsers(dest="bench_command")
+    c = bsub.add_parser("capacity", help="dense vs pruned, same state memory, real server and openai client")
+    c.add_argument("--dense", required=True, help="dense model directory ('reference' for the bundled one)")
+    c.add_argument("--pruned", required=True, help="pruned (ghost) checkpoint directory")
+    c.add_argument("--state-memory", default="256MiB", help="state/KV cache memory for each server (default 256MiB)")
+    c.add_argument("--concurrency", default="1,4,16,64", help="comma-separated closed-loop client counts")
+    c.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    c.add_argument("--prompt-len", type=int, default=64)
+    c.add_argument("--max-tokens", type=int, default=64)
+    c.add_argument("--rate", type=float, default=None, help="open loop: Poisson arrivals at R requests/s")
+    c.add_argument("--repeats", type=int, default=3, help="interleaved repeats per model")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-num-seqs", type=int, default=256)
+    c.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request counts as failed")
+    c.add_argument("--out", type=Path, default=Path("benchmarks/results/capacity"))
+    c.add_argument("--prometheus-textfile", type=Path, default=None)
+    c.add_argument("--no-progress", action="store_true")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible vLLM server for a (ghost) checkpoint; extra args go to vLLM",
                        add_help=False)
@@ -95,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_compare(sub)
     _add_slots(sub)
+    _add_bench(sub)
     _add_serve(sub)
     return ap
 
@@ -206,6 +228,41 @@ def cmd_slots(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command != "capacity":
+        raise GhostError("bench: choose a benchmark: ghost-vllm bench capacity --dense DIR --pruned DIR")
+    from ghost_vllm.bench.capacity import CapacitySpec, run_capacity
+    from ghost_vllm.bench.report import markdown_table, plot, prometheus_textfile
+    from ghost_vllm.checkpoint import resolve_model_path
+    from ghost_vllm.commands.io import write_json_atomic, write_text_atomic
+    from ghost_vllm.plugin.offline import parse_bytes
+
+    try:
+        levels = tuple(int(x) for x in args.concurrency.split(",") if x.strip())
+    except ValueError:
+        raise GhostError(f"--concurrency {args.concurrency!r}: use comma-separated integers such as 1,4,16,64") from None
+    if not levels or min(levels) < 1 or args.requests < 1 or args.repeats < 1:
+        raise GhostError("--concurrency, --requests and --repeats must be positive")
+    if args.rate is not None and args.rate <= 0:
+        raise GhostError(f"--rate {args.rate}: use a positive number of requests per second")
+    spec = CapacitySpec(
+        dense=str(resolve_model_path(args.dense)), pruned=str(resolve_model_path(args.pruned)),
+        state_memory_bytes=parse_bytes(args.state_memory), concurrency=levels, requests=args.requests,
+        prompt_len=args.prompt_len, max_tokens=args.max_tokens, rate=args.rate, repeats=args.repeats, seed=args.seed,
+        max_num_seqs=args.max_num_seqs, request_timeout_s=args.request_timeout,
+    )
+    result = run_capacity(spec, args.out, progress=not args.no_progress)
+    table = markdown_table(result)
+    write_json_atomic(args.out / "capacity.json", result)
+    write_text_atomic(args.out / "capacity.md", table)
+    plot(result, args.out)
+    if args.prometheus_textfile:
+        write_text_atomic(args.prometheus_textfile, prometheus_textfile(result))
+    print(table)
+    print(f"wrote {args.out}/capacity.json, capacity.md, throughput.png, latency_p99.png")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from ghost_vllm.commands.serve import run_serve
 
@@ -238,7 +295,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "serve":
             return cmd_serve(args, extra)
         commands = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "compare": cmd_compare,
-                    "slots": cmd_slots}
+                    "slots": cmd_slots, "bench": cmd_bench}
         return commands[args.command](args)
     except GhostError as e:
         if args.debug:

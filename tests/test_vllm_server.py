@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ghost_vllm.cli import main as cli
-from tests.helpers.server import VLLMServer
+from ghost_vllm.bench.server import VLLMServer
 
 pytestmark = pytest.mark.vllm
 

@@ -1,0 +1,1 @@
+"""Benchmarks against real servers: capacity-planning load tests (dense vs pruned, same state memory)."""

@@ -1,0 +1,44 @@
+"""The shipped reference model: weights match the model card's hash, and a short held-out slice evaluates to the
+perplexity the card recorded (within 1 %)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from ghost_vllm.reference import MODEL_DIR, VALIDATION_TEXT
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    path = MODEL_DIR / "card.json"
+    assert path.is_file(), "the reference model card is missing: python benchmarks/reference_card.py"
+    return json.loads(path.read_text())
+
+
+def test_weights_match_the_card_hash(card):
+    h = hashlib.sha256((MODEL_DIR / "model.safetensors").read_bytes()).hexdigest()
+    assert h == card["sha256"]["model.safetensors"]
+
+
+def test_short_slice_perplexity_matches_the_card(card):
+    from ghost_vllm.checkpoint import load_model, load_tokenizer
+    from ghost_vllm.evaluate import perplexity_of_text
+
+    s = card["slice"]
+    model = load_model(MODEL_DIR)
+    tok = load_tokenizer(MODEL_DIR)
+    r = perplexity_of_text(model, tok, VALIDATION_TEXT.read_text(encoding="utf-8"), s["seq_len"],
+                           max_tokens=s["max_tokens"], progress=False)
+    assert r.tokens == s["tokens"]
+    assert r.token_ppl == pytest.approx(s["token_ppl"], rel=0.01)
+
+
+def test_card_meets_the_bar(card):
+    assert card["heldout"]["token_ppl"] <= 150
+    assert card["heldout"]["token_ppl"] < card["unigram_baseline"]["heldout"]["token_ppl"] / 2
+    assert card["wikitext2_test"]["token_ppl"] < card["unigram_baseline"]["wikitext2_test"]["token_ppl"] / 2
+    assert card["state_use"]["ppl_increase"] >= 0.20
+    assert card["architecture"]["state_size"] == 128 and card["architecture"]["n_groups"] == 1
