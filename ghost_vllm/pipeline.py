@@ -31,9 +31,11 @@ class LayerReport:
     state_size: int
     kept: list[list[int]]  # [G][N']
     score_summary: dict[str, float]
+    scores: list[list[float]]  # [G][N] every channel's score, for analysis
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "state_size": self.state_size, "kept": self.kept, "score": self.score_summary}
+        return {"layer": self.layer, "state_size": self.state_size, "kept": self.kept, "score": self.score_summary,
+                "scores": self.scores}
 
 
 @dataclass
@@ -148,7 +150,8 @@ def prune_model(
             scores = scorer(stats)
             keep = select_channels(scores, n_keep)
             prune_mixer(block.mixer, layout, keep.to(device))
-            report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep)))
+            rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
+            report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
             acts = [block(a) for a in acts]  # inputs of the next layer, through the pruned block
         bar.close()
     model.config.state_size = n_keep
