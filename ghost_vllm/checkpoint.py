@@ -31,6 +31,7 @@ __all__ = [
     "write_checkpoint",
     "read_ghost_json",
     "clean_stale_temporaries",
+    "check_output_location",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,19 @@ def clean_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
+def check_output_location(target: Path) -> None:
+    """Cheap pre-flight check of ``target``'s location: the nearest existing ancestor must be a writable directory."""
+    ancestor = target.parent if str(target.parent) else Path(".")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{target}: cannot create the output directory here ({ancestor} is not a directory); "
+                          f"choose a writable --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{target}: cannot create the output directory here ({ancestor} is not writable); "
+                          f"choose a writable --out")
+
+
 def _prepare_target(target: Path, overwrite: bool) -> Path:
     """Check the target and return a fresh temporary directory beside it."""
     if target.exists() and not overwrite:
@@ -284,9 +298,10 @@ def write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except OSError as e:
+    except Exception as e:  # OSError, or the serializer's own error type wrapping one (disk full, quota, …)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"{target}: writing the checkpoint failed ({e.strerror or e}); nothing was left behind") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise OutputError(f"{target}: writing the checkpoint failed ({why}); nothing was left behind") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.checkpoint import (
+    check_output_location,
     load_model,
     load_tokenizer,
     resolve_model_path,
@@ -80,6 +81,7 @@ def run_prune(recipe: Recipe, device: str = "cpu", progress: bool = True) -> Pru
         raise OutputError(f"{target}: already exists; pass --overwrite to replace it or choose another --out")
     if target.resolve() == model_dir.resolve():
         raise OutputError(f"{target}: is the input model; choose another --out")
+    check_output_location(target)
     kept_count(int(cfg["state_size"]), recipe.selection.sparsity, recipe.selection.multiple_of)
     texts = load_texts(recipe.calibration.source)
     tokenizer = load_tokenizer(model_dir, recipe.model.tokenizer)
