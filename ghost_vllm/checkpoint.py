@@ -165,10 +165,14 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def source_hash(model_dir: Path) -> str:
-    """sha256 over config.json and the safetensors files (in name order)."""
+def source_hash(model_dir: Path, any_weights: bool = False) -> str:
+    """sha256 over config.json and the safetensors files (in name order); ``any_weights`` also admits
+    ``pytorch_model.bin`` (hashed as bytes, never unpickled)."""
     h = hashlib.sha256()
-    for f in [model_dir / "config.json", *_safetensors_files(model_dir)]:
+    weights = sorted(model_dir.glob("*.safetensors")) if any_weights else _safetensors_files(model_dir)
+    if any_weights and not weights:
+        weights = sorted(model_dir.glob("pytorch_model*.bin"))
+    for f in [model_dir / "config.json", *weights]:
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):

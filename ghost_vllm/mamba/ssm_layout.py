@@ -1,0 +1,184 @@
+"""Read checkpoints in the mamba_ssm layout (``state-spaces/mamba2-*``) and convert them to the Hugging Face layout.
+
+mamba_ssm ``config.json``: ``d_model, n_layer, vocab_size, ssm_cfg {layer: Mamba2, d_state, headdim, ngroups, expand,
+d_conv, chunk_size, …}, rms_norm, residual_in_fp32, pad_vocab_size_multiple, tie_embeddings``; weights in
+``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``, never a full unpickle) or safetensors, keys
+``backbone.embedding.weight``, ``backbone.layers.{i}.mixer.*``, ``backbone.layers.{i}.norm.weight``,
+``backbone.norm_f.weight``, ``lm_head.weight``. Missing ``ssm_cfg`` keys take mamba_ssm's ``Mamba2`` defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ghost_vllm.errors import ModelError
+
+__all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
+           "load_mamba_ssm_state_dict", "convert_mamba_ssm_dir", "mamba_ssm_config", "save_random_mamba_ssm_checkpoint"]
+
+# mamba_ssm.modules.mamba2.Mamba2.__init__ defaults, and the block/norm epsilon of mixer_seq_simple
+MAMBA_SSM_DEFAULTS = {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 256,
+                      "bias": False, "conv_bias": True, "dt_min": 0.001, "dt_max": 0.1, "dt_init_floor": 1e-4,
+                      "dt_limit": (0.0, float("inf")), "d_ssm": None, "norm_before_gate": False, "rmsnorm": True}
+NORM_EPS = 1e-5
+
+
+def is_mamba_ssm_dir(model_dir: Path) -> bool:
+    p = model_dir / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(cfg, dict) and "d_model" in cfg and "n_layer" in cfg
+
+
+def hf_config_from_mamba_ssm(cfg: dict[str, Any]) -> dict[str, Any]:
+    """mamba_ssm config dict → ``transformers.Mamba2Config`` kwargs."""
+    ssm = {**MAMBA_SSM_DEFAULTS, **(cfg.get("ssm_cfg") or {})}
+    if ssm.get("layer", "Mamba2") != "Mamba2":
+        raise ModelError(f"ssm_cfg.layer is {ssm.get('layer')!r}; only Mamba2 checkpoints are supported")
+    if cfg.get("attn_layer_idx") or int(cfg.get("d_intermediate", 0) or 0) > 0:
+        raise ModelError("hybrid checkpoints (attention layers or MLPs, attn_layer_idx/d_intermediate) are not supported")
+    if not ssm.get("rmsnorm", True) or ssm.get("norm_before_gate", False):
+        raise ModelError("only rmsnorm=True, norm_before_gate=False Mamba2 mixers are supported (the released ones)")
+    d_model, expand, headdim = int(cfg["d_model"]), int(ssm["expand"]), int(ssm["headdim"])
+    d_ssm = ssm.get("d_ssm") or expand * d_model
+    if d_ssm != expand * d_model:
+        raise ModelError(f"d_ssm {d_ssm} != expand·d_model {expand * d_model}: not expressible as a HF Mamba2 config")
+    pad = int(cfg.get("pad_vocab_size_multiple", 1) or 1)
+    vocab = int(math.ceil(int(cfg["vocab_size"]) / pad) * pad)
+    lo, hi = ssm["dt_limit"]
+    return {
+        "vocab_size": vocab, "hidden_size": d_model, "num_hidden_layers": int(cfg["n_layer"]),
+        "state_size": int(ssm["d_state"]), "head_dim": headdim, "num_heads": d_ssm // headdim,
+        "n_groups": int(ssm["ngroups"]), "expand": expand, "conv_kernel": int(ssm["d_conv"]),
+        "chunk_size": int(ssm["chunk_size"]), "use_bias": bool(ssm["bias"]), "use_conv_bias": bool(ssm["conv_bias"]),
+        "layer_norm_epsilon": NORM_EPS, "residual_in_fp32": bool(cfg.get("residual_in_fp32", True)),
+        "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)), "time_step_min": float(ssm["dt_min"]),
+        "time_step_max": float(ssm["dt_max"]), "time_step_floor": float(ssm["dt_init_floor"]),
+        "time_step_limit": (float(lo), float(hi)), "rms_norm": True, "norm_before_gate": False,
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1,
+    }
+
+
+def load_mamba_ssm_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Weights of a mamba_ssm directory: safetensors if present, else ``pytorch_model.bin`` with ``weights_only=True``
+    (memory-mapped), which refuses anything but tensors and plain containers."""
+    st = sorted(model_dir.glob("*.safetensors"))
+    if st:
+        from safetensors.torch import load_file
+
+        out: dict[str, torch.Tensor] = {}
+        for f in st:
+            out.update(load_file(str(f)))
+        return out
+    binf = model_dir / "pytorch_model.bin"
+    if not binf.is_file():
+        raise ModelError(f"{model_dir}: no pytorch_model.bin or *.safetensors")
+    try:
+        sd = torch.load(binf, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # UnpicklingError for anything that would run code
+        raise ModelError(f"{binf}: refused to load ({type(e).__name__}: {str(e).splitlines()[0][:160]}); only plain "
+                         f"tensor checkpoints are read, never arbitrary pickles") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f"{binf}: not a state dict of tensors")
+    return sd
+
+
+def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) -> Path:
+    """Write ``src`` (mamba_ssm layout) to ``dst`` in the HF layout (config.json + model.safetensors [+ tokenizer])."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import Mamba2Config
+
+    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    hf = hf_config_from_mamba_ssm(cfg)
+    sd = load_mamba_ssm_state_dict(src)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        nk = k.replace("backbone.embedding.", "backbone.embeddings.")
+        if nk == "lm_head.weight" and hf["tie_word_embeddings"]:
+            continue
+        out[nk] = v.contiguous()
+    emb = out.get("backbone.embeddings.weight")
+    if emb is None:
+        raise ModelError(f"{src}: no backbone.embedding.weight")
+    if emb.shape[0] != hf["vocab_size"]:
+        raise ModelError(f"{src}: embedding has {emb.shape[0]} rows, padded vocab_size is {hf['vocab_size']}")
+    dst.mkdir(parents=True, exist_ok=True)
+    Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"]).save_pretrained(str(dst))
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    tok_src = Path(tokenizer) if tokenizer else None
+    if tok_src is not None and tok_src.is_file():
+        shutil.copy(tok_src, dst / "tokenizer.json")
+    elif (src / "tokenizer.json").is_file():
+        shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
+    return dst
+
+
+# the released state-spaces/mamba2-* configs (mamba_ssm layout); ssm_cfg defaults otherwise
+REAL_CONFIGS = {
+    "mamba2-130m": {"d_model": 768, "n_layer": 24},
+    "mamba2-370m": {"d_model": 1024, "n_layer": 48},
+    "mamba2-780m": {"d_model": 1536, "n_layer": 48},
+    "mamba2-1.3b": {"d_model": 2048, "n_layer": 48},
+    "mamba2-2.7b": {"d_model": 2560, "n_layer": 64},
+}
+
+
+def mamba_ssm_config(name: str | None = None, **overrides) -> dict[str, Any]:
+    """A mamba_ssm-layout config dict: one of :data:`REAL_CONFIGS` (or a custom shape) with the released defaults."""
+    base = {"d_model": 768, "d_intermediate": 0, "n_layer": 24, "vocab_size": 50277,
+            "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
+            "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16, "tie_embeddings": True}
+    if name is not None:
+        base.update(REAL_CONFIGS[name])
+    ssm = {**base["ssm_cfg"], **overrides.pop("ssm_cfg", {})}
+    base.update(overrides)
+    base["ssm_cfg"] = ssm
+    return base
+
+
+def save_random_mamba_ssm_checkpoint(path: Path, cfg: dict[str, Any], seed: int = 0, fmt: str = "bin",
+                                     dtype: torch.dtype = torch.float32) -> Path:
+    """Random weights in the mamba_ssm layout (test helper and pruning-cost benchmark input)."""
+    hf = hf_config_from_mamba_ssm(cfg)
+    g = torch.Generator().manual_seed(seed)
+    d, H, P, G, N, K = hf["hidden_size"], hf["num_heads"], hf["head_dim"], hf["n_groups"], hf["state_size"], hf["conv_kernel"]
+    I = H * P
+    conv_dim = I + 2 * G * N
+
+    def rnd(*shape, scale=0.02):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+    sd = {"backbone.embedding.weight": rnd(hf["vocab_size"], d), "backbone.norm_f.weight": (1 + rnd(d, scale=0.1))}
+    for i in range(hf["num_hidden_layers"]):
+        p = f"backbone.layers.{i}."
+        sd[p + "norm.weight"] = 1 + rnd(d, scale=0.1)
+        sd[p + "mixer.in_proj.weight"] = rnd(2 * I + 2 * G * N + H, d, scale=d ** -0.5)
+        sd[p + "mixer.conv1d.weight"] = rnd(conv_dim, 1, K, scale=0.3)
+        sd[p + "mixer.conv1d.bias"] = rnd(conv_dim, scale=0.1)
+        sd[p + "mixer.dt_bias"] = (torch.rand(H, generator=g) * 2 - 4).to(dtype)
+        sd[p + "mixer.A_log"] = torch.log(torch.rand(H, generator=g) * 15 + 1).to(dtype)
+        sd[p + "mixer.D"] = 1 + rnd(H, scale=0.1)
+        sd[p + "mixer.norm.weight"] = 1 + rnd(I, scale=0.1)
+        sd[p + "mixer.out_proj.weight"] = rnd(d, I, scale=I ** -0.5)
+    if cfg.get("tie_embeddings", True):
+        sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
+    if fmt == "bin":
+        torch.save(sd, path / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous().clone() for k, v in sd.items() if k != "lm_head.weight"}, str(path / "model.safetensors"))
+    return path
