@@ -61,25 +61,14 @@ def tiny_model(seed: int = 0, **kwargs):
 
 
 def tiny_tokenizer(vocab_size: int = 320, text: str | None = None):
-    """A byte-level BPE trained in milliseconds on ``text`` (default: a slice of the bundled held-out text)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE trained in milliseconds on ``text`` (default: a slice of the bundled calibration text)."""
+    from ghost_vllm.reference.tokenizer import train_bpe
 
     if text is None:
         from ghost_vllm.reference import CALIBRATION_TEXT
 
         text = CALIBRATION_TEXT.read_text(encoding="utf-8")[:200_000]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator([text], trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|padding|>"
-    )
+    return train_bpe([text], vocab_size)
 
 
 def save_tiny_checkpoint(path, seed: int = 0, dtype=None, **kwargs):

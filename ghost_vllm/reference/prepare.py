@@ -17,6 +17,7 @@ import random
 import re
 from pathlib import Path
 
+from ghost_vllm.reference.tokenizer import train_bpe
 from ghost_vllm.reference.train_config import TrainConfig, load_train_config
 from ghost_vllm.reference.wikitext import article_to_wikitext
 
@@ -51,23 +52,8 @@ def split_heldout(text: str) -> tuple[str, str]:
 
 def train_tokenizer(train_file: Path, vocab_size: int, out_dir: Path) -> None:
     """Byte-level BPE on the training split, saved in Hugging Face format (``AutoTokenizer`` loads it offline)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|padding|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(train_file)], trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|padding|>"
-    )
-    fast.save_pretrained(str(out_dir))
+    with train_file.open(encoding="utf-8") as f:
+        train_bpe(f, vocab_size).save_pretrained(str(out_dir))
 
 
 def prepare(cfg: TrainConfig) -> None:
