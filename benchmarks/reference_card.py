@@ -77,8 +77,10 @@ def loss_curve(log_path: Path, png: Path) -> dict:
     plt.close(fig)
     last = rows[-1]
     best = min(held, key=lambda x: x[1]) if held else (None, None)
+    at_best = next((r for r in rows if r["step"] == best[0]), last)
     return {"steps": last["step"], "tokens_seen": last["tokens_seen"], "wall_time_s": last["elapsed_s"],
-            "best_step": best[0], "best_heldout_loss": best[1]}
+            "best_step": best[0], "best_heldout_loss": best[1], "tokens_seen_at_best": at_best["tokens_seen"],
+            "wall_time_s_at_best": at_best["elapsed_s"]}
 
 
 def main() -> None:
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("build/reference"))
     ap.add_argument("--wikitext", type=Path, default=Path("../shared/data/wikitext-2-raw/wiki.test.raw"))
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--training-note", default="", help="free text on how the run went (resumes, schedule changes)")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -129,6 +132,7 @@ def main() -> None:
     if (args.work_dir / "log.jsonl").exists():
         card["training"] = loss_curve(args.work_dir / "log.jsonl", MODEL_DIR / "loss_curve.png")
         card["training"]["config"] = "configs/reference-train.yaml"
+        card["training"]["note"] = args.training_note
     card["eval_wall_time_s"] = time.time() - t0
     write_json_atomic(MODEL_DIR / "card.json", card)
     write_text_atomic(MODEL_DIR / "README.md", render(card))
@@ -154,12 +158,17 @@ def render(c: dict) -> str:
         f"| parameters | {c['parameters']:,} |",
         "| data | `../shared/data/wiki-extracts/summaries_en-us.json` (Wikipedia lead sections) in WikiText layout; "
         "5 % of articles held out by title (seed 0), split into `data/calibration.txt` and `data/validation.txt` |",
-        f"| training | {t.get('steps', '?')} steps, {t.get('tokens_seen', 0):,} tokens seen, "
-        f"{t.get('wall_time_s', 0) / 3600:.2f} h on 1 CPU thread; best held-out checkpoint at step {t.get('best_step')} "
-        f"(`configs/reference-train.yaml`) |",
+        f"| weights | the best held-out checkpoint: step {t.get('best_step')}, {t.get('tokens_seen_at_best', 0):,} "
+        f"tokens seen, {t.get('wall_time_s_at_best', 0) / 3600:.2f} h of training on this 2-core CPU |",
+        f"| training run | {t.get('steps', '?')} steps of 16 × 256 tokens, {t.get('tokens_seen', 0):,} tokens, "
+        f"{t.get('wall_time_s', 0) / 3600:.2f} h, AdamW, cosine schedule (`configs/reference-train.yaml`). "
+        f"{t.get('note', '')} |",
         f"| sha256 (model.safetensors) | `{c['sha256']['model.safetensors']}` |",
         "",
         "## Evaluation (seq_len 512, non-overlapping windows, every token scored)",
+        "",
+        "The checkpoint was picked on the loss of the first 64 windows of the whole held-out split, which overlaps",
+        "`data/validation.txt`; the figures below come from `ghost-vllm`'s evaluator on whole texts.",
         "",
         "| text | tokens | token ppl | word ppl | bits/byte | unigram token ppl | unigram word ppl |",
         "|---|---|---|---|---|---|---|",
