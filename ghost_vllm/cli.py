@@ -95,6 +95,7 @@ def _add_bench(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--max-num-seqs", type=int, default=256)
     c.add_argument("--request-timeout", type=float, default=600.0, help="seconds before a request counts as failed")
+    c.add_argument("--scrape-interval", type=float, default=0.5, help="seconds between /metrics scrapes during load")
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/capacity"))
     c.add_argument("--prometheus-textfile", type=Path, default=None)
     c.add_argument("--no-progress", action="store_true")
@@ -249,7 +250,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dense=str(resolve_model_path(args.dense)), pruned=str(resolve_model_path(args.pruned)),
         state_memory_bytes=parse_bytes(args.state_memory), concurrency=levels, requests=args.requests,
         prompt_len=args.prompt_len, max_tokens=args.max_tokens, rate=args.rate, repeats=args.repeats, seed=args.seed,
-        max_num_seqs=args.max_num_seqs, request_timeout_s=args.request_timeout,
+        max_num_seqs=args.max_num_seqs, request_timeout_s=args.request_timeout, scrape_interval_s=args.scrape_interval,
     )
     result = run_capacity(spec, args.out, progress=not args.no_progress)
     table = markdown_table(result)

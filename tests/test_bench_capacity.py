@@ -41,7 +41,7 @@ def test_capacity_command_accounts_for_every_request(pair, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "ghost_vllm.cli", "bench", "capacity", "--dense", str(dense), "--pruned", str(pruned),
          "--state-memory", "7MiB", "--concurrency", "2,8", "--requests", "12", "--prompt-len", "16",
-         "--max-tokens", "64", "--repeats", "1", "--out", str(out), "--prometheus-textfile", str(textfile),
+         "--max-tokens", "64", "--repeats", "1", "--scrape-interval", "0.1", "--out", str(out), "--prometheus-textfile", str(textfile),
          "--no-progress"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "capacity.json").read_text())

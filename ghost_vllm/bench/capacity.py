@@ -41,6 +41,7 @@ class CapacitySpec:
     dtype: str = "float32"
     request_timeout_s: float = 600.0
     startup_timeout_s: float = 600.0
+    scrape_interval_s: float = 0.5  # each /metrics render costs the server's event loop; don't hammer it
 
     def server_args(self) -> list[str]:
         return ["--dtype", self.dtype, "--max-model-len", str(self.max_model_len), "--enforce-eager",
@@ -118,11 +119,13 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
             with VLLMServer(model, spec.server_args(), log_path=logs / f"{variant}-{rep}.log",
                             startup_timeout=spec.startup_timeout_s) as server:
                 blocks = _num_blocks(server)
-                asyncio.run(run_level(server.base_url, "bench", prompts[:2], 4, 2))  # warm-up, not recorded
+                # warm-up at the largest batch, not recorded: first-time kernel set-up must not land in a level
+                top = max(spec.concurrency)
+                asyncio.run(run_level(server.base_url, "bench", (prompts * top)[:top], 16, top))
                 for level in spec.concurrency:
                     samples, peaks, deltas = asyncio.run(run_level(
                         server.base_url, "bench", prompts, spec.max_tokens, level, spec.rate, spec.seed + rep,
-                        spec.request_timeout_s, on_done=lambda _s: bar.update(1)))
+                        spec.request_timeout_s, spec.scrape_interval_s, on_done=lambda _s: bar.update(1)))
                     raw = [s.to_dict() for s in samples]
                     pk = {"running_max": peaks.running_max, "waiting_max": peaks.waiting_max, "scrapes": peaks.scrapes,
                           "series": peaks.series}

@@ -96,7 +96,7 @@ async def _one(client, model: str, prompt: list[int], max_tokens: int, index: in
 
 async def run_level(base_url: str, model: str, prompts: list[list[int]], max_tokens: int, concurrency: int,
                     rate: Optional[float] = None, seed: int = 0, request_timeout_s: float = 600.0,
-                    scrape_interval_s: float = 0.05, on_done=None) -> tuple[list[RequestSample], MetricsPeaks, dict]:
+                    scrape_interval_s: float = 0.5, on_done=None) -> tuple[list[RequestSample], MetricsPeaks, dict]:
     """Send ``len(prompts)`` requests; return samples, /metrics peaks and counter deltas over the level."""
     import httpx
     import openai
