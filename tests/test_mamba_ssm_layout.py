@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ghost_vllm.cli import main as cli
+from tests.conftest import write_malicious_pickle
 from ghost_vllm.errors import ModelError
 from ghost_vllm.mamba.ssm_layout import (
     REAL_CONFIGS,
@@ -131,15 +132,10 @@ def test_prune_accepts_the_mamba_ssm_layout(tmp_path):
 
 def test_malicious_pickle_in_mamba_ssm_layout_is_refused(tmp_path):
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     src = tmp_path / "evil"
     src.mkdir()
     (src / "config.json").write_text(json.dumps(mamba_ssm_config(d_model=32, n_layer=1)))
-    torch.save({"backbone.embedding.weight": Payload()}, src / "pytorch_model.bin")
+    write_malicious_pickle(src / "pytorch_model.bin", "backbone.embedding.weight", marker)
     with pytest.raises(ModelError, match="refused to load"):
         convert_mamba_ssm_dir(src, tmp_path / "hf")
     assert not marker.exists()

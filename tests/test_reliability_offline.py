@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import write_malicious_pickle
 from tests.reliability_counts import record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,15 +227,10 @@ def test_sigkill_at_random_points_leaves_no_target(slow_model, calib_text, tmp_p
 def test_malicious_pickle_is_never_executed(tiny_dirs, tmp_path):
     """A pytorch_model.bin whose unpickling would create a file: refused, and the file never appears."""
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     d = tmp_path / "evil"
     d.mkdir()
     (d / "config.json").write_text((tiny_dirs[1] / "config.json").read_text())
-    torch.save({"backbone.embeddings.weight": Payload()}, d / "pytorch_model.bin")
+    write_malicious_pickle(d / "pytorch_model.bin", "backbone.embeddings.weight", marker)
     r = _cli("prune", "--model", str(d), "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "pickle" in r.stderr
     r = _cli("inspect", str(d))
