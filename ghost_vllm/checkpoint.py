@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,7 +50,28 @@ def resolve_model_path(path: str) -> Path:
         if not (MODEL_DIR / "config.json").is_file():
             raise ModelError(f"the bundled reference model is missing at {MODEL_DIR}; reinstall ghost_vllm from a full clone")
         return MODEL_DIR
-    return Path(path)
+    local = Path(path).expanduser()
+    if local.exists() or not _HUB_ID.fullmatch(path) or Path(path.split("/")[0]).exists():
+        return local  # a local path (missing ones get "model directory not found" from the validators)
+    return _hub_snapshot(path)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES]
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A Hub id (``state-spaces/mamba2-130m``) that is not a local directory: the local Hugging Face cache's snapshot,
+    downloaded first unless ``HF_HUB_OFFLINE=1``. Only config, weights and tokenizer files are fetched."""
+    from huggingface_hub import snapshot_download
+
+    log.info("%s is not a local directory; resolving it as a Hugging Face Hub id", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline and not cached, unknown repo, gated, network down
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{repo_id}: not a local directory, and fetching it as a Hugging Face Hub id failed "
+                         f"({type(e).__name__}: {why}); pass a local model directory with --model") from None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:

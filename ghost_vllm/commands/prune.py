@@ -4,7 +4,6 @@ atomically with ``ghost.json`` provenance."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ghost_vllm.checkpoint import (
     write_checkpoint,
 )
 from ghost_vllm.errors import ModelError, OutputError
-from ghost_vllm.mamba.ssm_layout import convert_mamba_ssm_dir, hf_config_from_mamba_ssm, is_mamba_ssm_dir
+from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
 from ghost_vllm.pipeline import PruneReport, prune_model
 from ghost_vllm.recipe import Recipe
 from ghost_vllm.selection import kept_count
@@ -77,20 +76,13 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
 
 def run_prune(recipe: Recipe, device: str = "cpu", progress: bool = True) -> PruneOutcome:
     source_dir = resolve_model_path(recipe.model.path)
-    if is_mamba_ssm_dir(source_dir):  # state-spaces layout: convert to a temporary HF directory first
-        with tempfile.TemporaryDirectory(prefix="ghost-mamba-ssm-") as tmp:
-            hf = hf_config_from_mamba_ssm(read_config(source_dir))
-            kept_count(hf["state_size"], recipe.selection.sparsity, recipe.selection.multiple_of)
-            _check_target(recipe, source_dir)
-            load_texts(recipe.calibration.source)
-            if not recipe.model.tokenizer and not (source_dir / "tokenizer.json").is_file():
-                raise ModelError(f"{source_dir}: mamba_ssm checkpoints ship no tokenizer; pass --tokenizer "
-                                 f"(e.g. ../shared/data/tokenizers/gpt-neox-20b.json)")
-            digest = source_hash(source_dir, any_weights=True)
-            hf_dir = convert_mamba_ssm_dir(source_dir, Path(tmp) / "hf", recipe.model.tokenizer)
-            log.info("converted the mamba_ssm checkpoint %s to the HF layout", source_dir)
-            return _prune_hf(recipe, hf_dir, device, progress, source_dir, digest)
-    return _prune_hf(recipe, source_dir, device, progress, source_dir, None)
+    if is_mamba_ssm_dir(source_dir):  # state-spaces layout: read straight into the HF module, no converted copy
+        cfg = hf_config_from_mamba_ssm(read_config(source_dir))
+        if not recipe.model.tokenizer and not (source_dir / "tokenizer.json").is_file():
+            raise ModelError(f"{source_dir}: mamba_ssm checkpoints ship no tokenizer; pass --tokenizer "
+                             f"(e.g. ../shared/data/tokenizers/gpt-neox-20b.json)")
+        return _prune(recipe, source_dir, cfg, device, progress, mamba_ssm=True)
+    return _prune(recipe, source_dir, validate_model_dir(source_dir), device, progress, mamba_ssm=False)
 
 
 def _check_target(recipe: Recipe, model_dir: Path) -> Path:
@@ -103,11 +95,9 @@ def _check_target(recipe: Recipe, model_dir: Path) -> Path:
     return target
 
 
-def _prune_hf(recipe: Recipe, model_dir: Path, device: str, progress: bool, source_dir: Path,
-              digest: str | None) -> PruneOutcome:
+def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bool, mamba_ssm: bool) -> PruneOutcome:
     # cheap checks first: model config/shapes, output target, sparsity vs N, calibration text
-    cfg = validate_model_dir(model_dir)
-    target = _check_target(recipe, source_dir)
+    target = _check_target(recipe, model_dir)
     kept_count(int(cfg["state_size"]), recipe.selection.sparsity, recipe.selection.multiple_of)
     texts = load_texts(recipe.calibration.source)
     tokenizer = load_tokenizer(model_dir, recipe.model.tokenizer)
@@ -115,12 +105,16 @@ def _prune_hf(recipe: Recipe, model_dir: Path, device: str, progress: bool, sour
     calib = make_windows(texts, tokenizer, c.nsamples, c.seq_len, c.seed, c.source)
     log.info("calibration: %d windows × %d tokens from %s", c.nsamples, c.seq_len, c.source)
 
-    digest = digest or source_hash(model_dir)
-    model = load_model(model_dir, recipe.model.dtype, device)
+    digest = source_hash(model_dir, any_weights=mamba_ssm)
+    if mamba_ssm:
+        model = load_mamba_ssm_model(model_dir, recipe.model.dtype, device)
+        log.info("read the mamba_ssm checkpoint %s into the HF Mamba2 layout", model_dir)
+    else:
+        model = load_model(model_dir, recipe.model.dtype, device)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     report = prune_model(model, calib.tokens, recipe.selection.method, recipe.selection.sparsity,
                          recipe.selection.multiple_of, recipe.selection.seed, c.batch_size, progress)
-    ghost = ghost_json(recipe, report, cfg, calib.spec(), source_dir, digest, dtype)
+    ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype)
     write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
                      tokenizer_override=recipe.model.tokenizer)
     return PruneOutcome(target, ghost)

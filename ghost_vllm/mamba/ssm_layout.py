@@ -18,8 +18,9 @@ import torch
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
-           "load_mamba_ssm_state_dict", "convert_mamba_ssm_dir", "mamba_ssm_config", "save_random_mamba_ssm_checkpoint"]
+__all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "CODESTRAL_7B", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
+           "load_mamba_ssm_state_dict", "hf_state_dict_from_mamba_ssm", "load_mamba_ssm_model", "convert_mamba_ssm_dir",
+           "mamba_ssm_config", "codestral_like_config", "save_random_mamba_ssm_checkpoint"]
 
 # mamba_ssm.modules.mamba2.Mamba2.__init__ defaults, and the block/norm epsilon of mixer_seq_simple
 MAMBA_SSM_DEFAULTS = {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 256,
@@ -92,6 +93,72 @@ def load_mamba_ssm_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def hf_state_dict_from_mamba_ssm(sd: dict[str, torch.Tensor], hf: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
+    """Rename mamba_ssm keys to the HF Mamba2 ones (no copies) and check every key and shape against ``hf``."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    out = {}
+    for k, v in sd.items():
+        nk = k.replace("backbone.embedding.", "backbone.embeddings.")
+        if nk == "lm_head.weight" and hf["tie_word_embeddings"]:
+            continue
+        out[nk] = v
+    emb = out.get("backbone.embeddings.weight")
+    if emb is None:
+        raise ModelError(f"{where}: no backbone.embedding.weight")
+    if emb.shape[0] != hf["vocab_size"]:
+        raise ModelError(f"{where}: embedding has {emb.shape[0]} rows, padded vocab_size is {hf['vocab_size']}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Mamba2ForCausalLM(Mamba2Config(**hf)).state_dict().items()
+                    if not (k == "lm_head.weight" and hf["tie_word_embeddings"])}
+    missing = sorted(set(expected) - set(out))
+    if missing:
+        raise ModelError(f"{where}: {len(missing)} weight(s) missing, e.g. {missing[0]}; the checkpoint is incomplete")
+    extra = sorted(set(out) - set(expected))
+    if extra:
+        raise ModelError(f"{where}: unexpected weight {extra[0]} ({len(extra)} in all); not a pure Mamba2 checkpoint")
+    for k, shape in expected.items():
+        if tuple(out[k].shape) != shape:
+            raise ModelError(f"{where}: {k} has shape {tuple(out[k].shape)}, config.json implies {shape}; "
+                             f"config and weights disagree")
+    return out
+
+
+def load_mamba_ssm_model(src: Path, dtype: str = "auto", device: str = "cpu"):
+    """A ``Mamba2ForCausalLM`` built straight from a mamba_ssm directory: the weights are memory-mapped
+    (``pytorch_model.bin``) or read once (safetensors) and assigned to the module without a second copy and without a
+    temporary HF directory; ``dtype`` converts (``auto`` keeps the stored one)."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from ghost_vllm.mamba.norm import patch_group_norm
+
+    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    hf = hf_config_from_mamba_ssm(cfg)
+    sd = hf_state_dict_from_mamba_ssm(load_mamba_ssm_state_dict(src), hf, src)
+    stored = sd["backbone.embeddings.weight"].dtype
+    torch_dtype = stored if dtype == "auto" else {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                                  "float16": torch.float16}[dtype]
+    config = Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"], dtype=str(torch_dtype).replace("torch.", ""))
+    with torch.device("meta"):
+        model = Mamba2ForCausalLM(config)
+    for k in list(sd):  # convert one tensor at a time: never two full copies of the model
+        if sd[k].dtype != torch_dtype or sd[k].device != torch.device(device):
+            sd[k] = sd[k].to(device=device, dtype=torch_dtype)
+    model.load_state_dict(sd, strict=False, assign=True)
+    del sd
+    if hf["tie_word_embeddings"]:
+        model.lm_head.weight = model.backbone.embeddings.weight
+    model.eval()
+    patch_group_norm(model)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelError(f"{src}: {left[0]} was not loaded ({len(left)} tensors in all); the checkpoint is incomplete")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ModelError(f"{src}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
+    return model
+
+
 def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) -> Path:
     """Write ``src`` (mamba_ssm layout) to ``dst`` in the HF layout (config.json + model.safetensors [+ tokenizer])."""
     import shutil
@@ -101,18 +168,7 @@ def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) ->
 
     cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     hf = hf_config_from_mamba_ssm(cfg)
-    sd = load_mamba_ssm_state_dict(src)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        nk = k.replace("backbone.embedding.", "backbone.embeddings.")
-        if nk == "lm_head.weight" and hf["tie_word_embeddings"]:
-            continue
-        out[nk] = v.contiguous()
-    emb = out.get("backbone.embeddings.weight")
-    if emb is None:
-        raise ModelError(f"{src}: no backbone.embedding.weight")
-    if emb.shape[0] != hf["vocab_size"]:
-        raise ModelError(f"{src}: embedding has {emb.shape[0]} rows, padded vocab_size is {hf['vocab_size']}")
+    out = {k: v.contiguous() for k, v in hf_state_dict_from_mamba_ssm(load_mamba_ssm_state_dict(src), hf, src).items()}
     dst.mkdir(parents=True, exist_ok=True)
     Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"]).save_pretrained(str(dst))
     save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
@@ -132,6 +188,20 @@ REAL_CONFIGS = {
     "mamba2-1.3b": {"d_model": 2048, "n_layer": 48},
     "mamba2-2.7b": {"d_model": 2560, "n_layer": 64},
 }
+
+
+# mistralai/Mamba-Codestral-7B-v0.1 (HF Mamba2 config): the grouped-B/C shape our users serve
+CODESTRAL_7B = {"d_model": 4096, "n_layer": 64, "vocab_size": 32768, "pad_vocab_size_multiple": 1,
+                "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 256}}
+
+
+def codestral_like_config(d_model: int = 512, n_layer: int = 2, vocab_size: int = 32768) -> dict[str, Any]:
+    """Codestral-7B's mixer shapes (n_groups 8, d_state 128, headdim 64, expand 2) scaled down in width and depth:
+    ``d_model`` must keep ``2·d_model/64`` heads divisible by 8."""
+    if (2 * d_model // 64) % 8:
+        raise ValueError(f"d_model {d_model}: 2·d_model/64 heads must be a multiple of n_groups 8")
+    return mamba_ssm_config(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, pad_vocab_size_multiple=1,
+                            ssm_cfg=dict(CODESTRAL_7B["ssm_cfg"]))
 
 
 def mamba_ssm_config(name: str | None = None, **overrides) -> dict[str, Any]:

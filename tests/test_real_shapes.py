@@ -1,0 +1,157 @@
+"""Real-model readiness without the Hub: mamba_ssm checkpoints read straight into the HF module, Hub ids resolved
+from the local Hugging Face cache, and Codestral-7B's grouped shapes (n_groups 8, d_state 128) pruned end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ghost_vllm.cli import main as cli
+from ghost_vllm.errors import ModelError
+from ghost_vllm.mamba.ssm_layout import (
+    codestral_like_config,
+    convert_mamba_ssm_dir,
+    hf_config_from_mamba_ssm,
+    load_mamba_ssm_model,
+    mamba_ssm_config,
+    save_random_mamba_ssm_checkpoint,
+)
+from tests.test_mamba_ssm_layout import reference_logits
+
+ROOT = Path(__file__).resolve().parents[1]
+NEOX = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b.json"
+
+
+@pytest.mark.parametrize("ngroups, fmt", [(1, "bin"), (2, "safetensors")])
+def test_direct_load_matches_independent_reference(tmp_path, ngroups, fmt):
+    cfg = mamba_ssm_config(d_model=32, n_layer=2, vocab_size=90, pad_vocab_size_multiple=16,
+                           ssm_cfg={"d_state": 8, "headdim": 8, "ngroups": ngroups, "chunk_size": 8})
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, seed=5 + ngroups, fmt=fmt)
+    model = load_mamba_ssm_model(src, "float32")
+    ids = torch.randint(0, 90, (1, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model(ids).logits[0].double()
+    sd = (torch.load(src / "pytorch_model.bin", weights_only=True) if fmt == "bin"
+          else __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(src / "model.safetensors")))
+    sd.setdefault("lm_head.weight", sd["backbone.embedding.weight"])
+    torch.testing.assert_close(got, reference_logits(sd, cfg, ids), atol=2e-4, rtol=1e-4)
+    assert model.lm_head.weight is model.backbone.embeddings.weight  # tied, as in mamba_ssm
+
+
+def test_direct_load_converts_dtype_and_keeps_bf16(tmp_path):
+    cfg = mamba_ssm_config(d_model=32, n_layer=1, vocab_size=64, ssm_cfg={"d_state": 8, "headdim": 8})
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, fmt="bin", dtype=torch.bfloat16)
+    assert {p.dtype for p in load_mamba_ssm_model(src, "auto").parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in load_mamba_ssm_model(src, "float32").parameters()} == {torch.float32}
+
+
+def test_weights_that_disagree_with_the_config_are_named(tmp_path):
+    cfg = mamba_ssm_config(d_model=32, n_layer=2, vocab_size=64, ssm_cfg={"d_state": 8, "headdim": 8})
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, fmt="bin")
+    wrong = json.loads((src / "config.json").read_text())
+    wrong["ssm_cfg"]["d_state"] = 16
+    (src / "config.json").write_text(json.dumps(wrong))
+    with pytest.raises(ModelError, match=r"backbone\.layers\.0\.mixer\.\S+ has shape .* config\.json implies"):
+        load_mamba_ssm_model(src)
+    wrong["ssm_cfg"]["d_state"] = 8
+    wrong["n_layer"] = 3
+    (src / "config.json").write_text(json.dumps(wrong))
+    with pytest.raises(ModelError, match=r"weight\(s\) missing, e\.g\. backbone\.layers\.2\."):
+        load_mamba_ssm_model(src)
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, files: Path) -> Path:
+    """The on-disk layout huggingface_hub's cache uses (models--org--name/{refs/main, snapshots/<rev>/...})."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for f in files.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    return snap
+
+
+def test_hub_id_resolves_from_the_local_cache_offline(tmp_path):
+    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer().save_pretrained(str(tok_dir))
+    cfg = mamba_ssm_config(d_model=32, n_layer=2, vocab_size=len(tiny_tokenizer()),
+                           ssm_cfg={"d_state": 16, "headdim": 8, "chunk_size": 8})
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, fmt="bin")
+    snap = _fake_hub_cache(tmp_path / "hub", "state-spaces/mamba2-tiny", src)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    base = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4",
+            "--seq-len", "16", "--no-progress", "--tokenizer", str(tok_dir / "tokenizer.json")]
+    ok = subprocess.run([*base, "--model", "state-spaces/mamba2-tiny", "--out", str(tmp_path / "out")], env=env,
+                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    ghost = json.loads((tmp_path / "out" / "ghost.json").read_text())
+    assert ghost["source"]["path"] == str(snap.resolve()) and ghost["state_size"] == 8
+    missing = subprocess.run([*base, "--model", "state-spaces/not-cached", "--out", str(tmp_path / "out2")], env=env,
+                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.returncode == 2 and len(errors) == 1 and "Traceback" not in missing.stderr
+    assert "state-spaces/not-cached: not a local directory" in errors[0] and "--model" in errors[0]
+    assert not (tmp_path / "out2").exists()
+
+
+def test_codestral_shaped_checkpoint_prunes_per_group_and_equals_zeroed(tmp_path):
+    """Codestral-7B's mixer (n_groups 8, d_state 128, headdim 64) scaled to 2 layers × d_model 512, HF layout:
+    the CLI's pruned checkpoint equals the dense model with the channels ghost.json removed zeroed, per group."""
+    from ghost_vllm.checkpoint import load_model
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.reference import CALIBRATION_TEXT, MODEL_DIR
+    from ghost_vllm.surgery import zero_channels
+
+    cfg = codestral_like_config()
+    hf = hf_config_from_mamba_ssm(cfg)
+    assert (hf["n_groups"], hf["state_size"], hf["head_dim"], hf["num_heads"]) == (8, 128, 64, 16)
+    dense = convert_mamba_ssm_dir(save_random_mamba_ssm_checkpoint(tmp_path / "ssm", cfg, seed=3), tmp_path / "dense",
+                                  tokenizer=str(MODEL_DIR / "tokenizer.json"))
+    out = tmp_path / "ghost50"
+    assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
+                "--seq-len", "64", "--out", str(out), "--no-progress"]) == 0
+    ghost = json.loads((out / "ghost.json").read_text())
+    assert ghost["n_groups"] == 8 and ghost["state_size"] == 64
+    kept = [torch.tensor(layer["kept"]) for layer in ghost["layers"]]
+    assert all(k.shape == (8, 64) for k in kept)
+    assert any(not torch.equal(k[0], k[g]) for k in kept for g in range(1, 8))  # groups choose independently
+
+    zeroed = load_model(dense, "float32")
+    layout = InProjLayout.from_config(zeroed.config)
+    for layer, k in zip(zeroed.backbone.layers, kept):
+        removed = torch.stack([torch.tensor(sorted(set(range(128)) - set(row.tolist()))) for row in k])
+        zero_channels(layer.mixer, layout, removed)
+    pruned = load_model(out, "float32")
+    ids = torch.randint(0, 8000, (2, 300), generator=torch.Generator().manual_seed(0))  # > one 256-token chunk
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids).logits, zeroed(ids).logits, atol=2e-5, rtol=0)
+
+
+def test_real_shaped_130m_prunes_from_the_mamba_ssm_layout(tmp_path):
+    """mamba2-130m's exact layout (pytorch_model.bin, no tokenizer, vocab 50277 padded to 50288), pruned by the CLI
+    with the shared GPT-NeoX tokenizer: the output is the HF layout with N' = 64 everywhere."""
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "mamba2-130m", mamba_ssm_config("mamba2-130m"), seed=0)
+    out = tmp_path / "mamba2-130m-ghost50"
+    assert cli(["prune", "--model", str(src), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4",
+                "--seq-len", "32", "--out", str(out), "--no-progress", "--tokenizer", str(NEOX)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["state_size"], cfg["vocab_size"]) == (24, 768, 64, 50288)
+    assert (out / "tokenizer.json").is_file() and not (out / "pytorch_model.bin").exists()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_slice("backbone.layers.23.mixer.in_proj.weight").get_shape() == [2 * 1536 + 2 * 64 + 24, 768]
+        assert f.get_slice("backbone.layers.0.mixer.conv1d.weight").get_shape() == [1536 + 2 * 64, 1, 4]
