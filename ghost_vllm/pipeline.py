@@ -114,6 +114,42 @@ def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bo
     return grads
 
 
+# transformers' torch path materialises chunk×chunk×heads×state intermediates that grow with the batch (≈0.5 GB for
+# 16 windows of mamba2-130m); two windows at a time keep the transient a fraction of one layer's weights
+PROPAGATE_WINDOWS = 2
+
+
+def _release_free_heap() -> None:
+    """Hand glibc's freed-but-kept heap pages back to the OS. The scan allocates and frees a state-sized tensor per
+    token; glibc's adaptive mmap threshold then serves them from the heap, which without a trim grows by a model's
+    worth of RSS over a few layers (measured on mamba2-130m: +1.2 GB held, none of it in use)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _propagate(block, acts: torch.Tensor) -> torch.Tensor:
+    """``block(acts)`` a few windows at a time, in place of the input batch (at most one extra copy is alive)."""
+    out = torch.empty_like(acts)
+    for i in range(0, acts.shape[0], PROPAGATE_WINDOWS):
+        out[i : i + PROPAGATE_WINDOWS] = block(acts[i : i + PROPAGATE_WINDOWS])
+    return out
+
+
 def prune_model(
     model,
     tokens: torch.Tensor,  # [nsamples, T] calibration windows
@@ -152,7 +188,8 @@ def prune_model(
             prune_mixer(block.mixer, layout, keep.to(device))
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
-            acts = [block(a) for a in acts]  # inputs of the next layer, through the pruned block
+            acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block
+            _release_free_heap()
         bar.close()
     model.config.state_size = n_keep
     report.calibration_s = time.perf_counter() - t0

@@ -4,6 +4,7 @@ atomically with ``ghost.json`` provenance."""
 from __future__ import annotations
 
 import logging
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
         "calibration": calib_spec,
         "source": {"path": str(model_dir.resolve()), "sha256": digest},
         "recipe": recipe.to_dict(),
-        "timings": {"calibration_s": report.calibration_s, "peak_memory_bytes": report.peak_memory_bytes},
+        "timings": {"calibration_s": report.calibration_s, "peak_memory_bytes": report.peak_memory_bytes,
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
     }
 
 

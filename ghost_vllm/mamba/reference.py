@@ -20,7 +20,8 @@ from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["StepCallback", "ssm_scan", "gated_group_rmsnorm", "SSMInputs", "mixer_ssm_inputs", "mixer_forward"]
 
-# on_step(h [b, H, P, N], C_t [b, G, N]) after the state update at step t, before C_t reads it
+# on_step(h [b, H, P, N], C_t [b, G, N]) after the state update at step t, before C_t reads it; h is the scan's own
+# buffer (updated in place at the next step): read it, don't keep it
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
 
 
@@ -39,12 +40,18 @@ def ssm_scan(
     G, N = B.shape[2], B.shape[3]
     hpg = H // G
     h = x.new_zeros(b, H, P, N) if initial_state is None else initial_state.clone()
+    # without autograd the state is updated in place: one [b, H, P, N] buffer for the whole scan instead of a fresh
+    # one per token (which fragments glibc's heap by hundreds of MB on real shapes); on_step must not keep h
+    in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, D)))
     ys = []
     for t in range(T):
         decay = torch.exp(dt[:, t] * A)  # [b, H]
         B_t = B[:, t].repeat_interleave(hpg, dim=1)  # [b, H, N]
         C_t = C[:, t].repeat_interleave(hpg, dim=1)  # [b, H, N]
-        h = decay[:, :, None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * B_t[:, :, None, :]
+        if in_place:
+            h.mul_(decay[:, :, None, None]).addcmul_((dt[:, t, :, None] * x[:, t])[..., None], B_t[:, :, None, :])
+        else:
+            h = decay[:, :, None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * B_t[:, :, None, :]
         if on_step is not None:
             on_step(h, C[:, t])
         ys.append(torch.einsum("bhpn,bhn->bhp", h, C_t) + D[:, None] * x[:, t])

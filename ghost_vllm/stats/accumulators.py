@@ -38,12 +38,16 @@ class StateChannelAccumulator:
         self._c2 = torch.zeros_like(self._h2c2)
         self._terms = 0
         self._tokens = 0
+        self._sq: torch.Tensor | None = None
 
     def update(self, h: torch.Tensor, c: torch.Tensor) -> None:
         """One scan step. ``h [b, H, P, N]`` the state after the update, ``c [b, G, N]`` the C' that reads it."""
         b = h.shape[0]
         # sum over (heads of the group, head_dim) in float32, then accumulate in float64
-        h2 = h.float().pow(2).view(b, self.n_groups, self.heads_per_group * self.head_dim, self.state_size).sum(2).double()
+        if self._sq is None or self._sq.shape != h.shape:  # one float32 scratch buffer, reused at every step
+            self._sq = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        sq = torch.mul(h, h, out=self._sq) if h.dtype == torch.float32 else self._sq.copy_(h).square_()
+        h2 = sq.view(b, self.n_groups, self.heads_per_group * self.head_dim, self.state_size).sum(2).double()
         c2 = c.double().pow(2)  # [b, G, N]
         self._h2c2 += (h2 * c2).sum(0).cpu()
         self._h2 += h2.sum(0).cpu()
