@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ghost_vllm.mamba.ssm_layout import CODESTRAL_7B, REAL_CONFIGS, mamba_ssm_config
+from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, mamba_ssm_config
 
 OUT = Path(__file__).resolve().parent / "results"
 MEMORY = 80 * 10**9  # 80 GB of state memory
@@ -32,8 +32,7 @@ def inspect_bytes(cfg: dict, where: Path) -> dict:
 def main() -> None:
     rows = []
     models = {name: mamba_ssm_config(name) for name in REAL_CONFIGS}
-    models["Mamba-Codestral-7B"] = mamba_ssm_config(**{k: v for k, v in CODESTRAL_7B.items() if k != "ssm_cfg"},
-                                                    ssm_cfg=CODESTRAL_7B["ssm_cfg"])
+    models["Mamba-Codestral-7B"] = mamba_ssm_config("Mamba-Codestral-7B")
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in models.items():
             info = inspect_bytes(cfg, Path(tmp) / name)

@@ -65,7 +65,7 @@ def reference_logits(sd: dict, cfg: dict, ids: torch.Tensor) -> torch.Tensor:
         x = y @ sd[p + "out_proj.weight"].double().T
     resid = resid + x
     out = rms(resid, sd["backbone.norm_f.weight"].double())
-    return out @ sd["backbone.embedding.weight"].double().T
+    return out @ sd.get("lm_head.weight", sd["backbone.embedding.weight"]).double().T
 
 
 @pytest.mark.parametrize("ngroups, fmt", [(1, "bin"), (2, "safetensors")])

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NEOX = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b.json"
 
 
-@pytest.mark.parametrize("ngroups, fmt", [(1, "bin"), (2, "safetensors")])
-def test_direct_load_matches_independent_reference(tmp_path, ngroups, fmt):
-    cfg = mamba_ssm_config(d_model=32, n_layer=2, vocab_size=90, pad_vocab_size_multiple=16,
+@pytest.mark.parametrize("ngroups, fmt, tied", [(1, "bin", True), (2, "safetensors", True), (2, "bin", False)])
+def test_direct_load_matches_independent_reference(tmp_path, ngroups, fmt, tied):
+    cfg = mamba_ssm_config(d_model=32, n_layer=2, vocab_size=90, pad_vocab_size_multiple=16, tie_embeddings=tied,
                            ssm_cfg={"d_state": 8, "headdim": 8, "ngroups": ngroups, "chunk_size": 8})
     src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, seed=5 + ngroups, fmt=fmt)
     model = load_mamba_ssm_model(src, "float32")
@@ -41,7 +41,7 @@ def test_direct_load_matches_independent_reference(tmp_path, ngroups, fmt):
           else __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(src / "model.safetensors")))
     sd.setdefault("lm_head.weight", sd["backbone.embedding.weight"])
     torch.testing.assert_close(got, reference_logits(sd, cfg, ids), atol=2e-4, rtol=1e-4)
-    assert model.lm_head.weight is model.backbone.embeddings.weight  # tied, as in mamba_ssm
+    assert (model.lm_head.weight is model.backbone.embeddings.weight) == tied
 
 
 def test_direct_load_converts_dtype_and_keeps_bf16(tmp_path):
@@ -155,3 +155,33 @@ def test_real_shaped_130m_prunes_from_the_mamba_ssm_layout(tmp_path):
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert f.get_slice("backbone.layers.23.mixer.in_proj.weight").get_shape() == [2 * 1536 + 2 * 64 + 24, 768]
         assert f.get_slice("backbone.layers.0.mixer.conv1d.weight").get_shape() == [1536 + 2 * 64, 1, 4]
+
+
+def test_bf16_checkpoint_is_scored_in_float_and_written_in_bf16(tmp_path):
+    """bf16 weights (as the released models): the scan and its statistics run in float32/float64, so the scores are
+    the fp32 run's up to bf16 activations; the output keeps bf16 and ghost.json sizes the state at 2 B/element."""
+    from safetensors import safe_open
+
+    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    tok = tmp_path / "tok"
+    tiny_tokenizer().save_pretrained(str(tok))
+    cfg = mamba_ssm_config(d_model=64, n_layer=2, vocab_size=len(tiny_tokenizer()),
+                           ssm_cfg={"d_state": 32, "headdim": 16, "chunk_size": 16})
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, seed=4, fmt="bin", dtype=torch.bfloat16)
+    runs = {}
+    for dtype in ("auto", "float32"):
+        out = tmp_path / f"out-{dtype}"
+        assert cli(["prune", "--model", str(src), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
+                    "--seq-len", "32", "--out", str(out), "--no-progress", "--tokenizer", str(tok / "tokenizer.json"),
+                    "--dtype", dtype]) == 0
+        runs[dtype] = json.loads((out / "ghost.json").read_text())
+    bf, fp = runs["auto"], runs["float32"]
+    assert bf["dtype"] == "bfloat16" and fp["dtype"] == "float32"
+    assert bf["state_bytes_per_sequence"] * 2 == fp["state_bytes_per_sequence"]
+    with safe_open(str(tmp_path / "out-auto" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("backbone.layers.0.mixer.in_proj.weight").dtype == torch.bfloat16
+    for lb, lf in zip(bf["layers"], fp["layers"]):
+        sb, sf = torch.tensor(lb["scores"]), torch.tensor(lf["scores"])
+        assert torch.corrcoef(torch.stack([sb.flatten(), sf.flatten()]))[0, 1] > 0.99

@@ -8,7 +8,7 @@ from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, hf_config_from_mamba_ssm, 
 from ghost_vllm.state import state_size_of
 
 
-@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+@pytest.mark.parametrize("name", [*REAL_CONFIGS, "Mamba-Codestral-7B"])
 @pytest.mark.parametrize("state_size", [128, 64, 40])
 def test_matches_vllm_calculator(name, state_size):
     from vllm.model_executor.layers.mamba.mamba_utils import MambaStateShapeCalculator

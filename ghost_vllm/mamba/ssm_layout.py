@@ -193,7 +193,7 @@ REAL_CONFIGS = {
 
 
 # mistralai/Mamba-Codestral-7B-v0.1 (HF Mamba2 config): the grouped-B/C shape our users serve
-CODESTRAL_7B = {"d_model": 4096, "n_layer": 64, "vocab_size": 32768, "pad_vocab_size_multiple": 1,
+CODESTRAL_7B = {"d_model": 4096, "n_layer": 64, "vocab_size": 32768, "pad_vocab_size_multiple": 1, "tie_embeddings": False,
                 "ssm_cfg": {"layer": "Mamba2", "d_state": 128, "headdim": 64, "ngroups": 8, "chunk_size": 256}}
 
 
@@ -202,12 +202,15 @@ def codestral_like_config(d_model: int = 512, n_layer: int = 2, vocab_size: int 
     ``d_model`` must keep ``2·d_model/64`` heads divisible by 8."""
     if (2 * d_model // 64) % 8:
         raise ValueError(f"d_model {d_model}: 2·d_model/64 heads must be a multiple of n_groups 8")
-    return mamba_ssm_config(d_model=d_model, n_layer=n_layer, vocab_size=vocab_size, pad_vocab_size_multiple=1,
-                            ssm_cfg=dict(CODESTRAL_7B["ssm_cfg"]))
+    return mamba_ssm_config("Mamba-Codestral-7B", d_model=d_model, n_layer=n_layer, vocab_size=vocab_size)
 
 
 def mamba_ssm_config(name: str | None = None, **overrides) -> dict[str, Any]:
-    """A mamba_ssm-layout config dict: one of :data:`REAL_CONFIGS` (or a custom shape) with the released defaults."""
+    """A mamba_ssm-layout config dict: one of :data:`REAL_CONFIGS`, ``"Mamba-Codestral-7B"`` (:data:`CODESTRAL_7B`)
+    or a custom shape, with the released defaults."""
+    if name == "Mamba-Codestral-7B":
+        shape = {k: v for k, v in CODESTRAL_7B.items() if k != "ssm_cfg"}
+        return mamba_ssm_config(**{**shape, **overrides, "ssm_cfg": {**CODESTRAL_7B["ssm_cfg"], **overrides.get("ssm_cfg", {})}})
     base = {"d_model": 768, "d_intermediate": 0, "n_layer": 24, "vocab_size": 50277,
             "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
             "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 16, "tie_embeddings": True}
@@ -243,8 +246,8 @@ def save_random_mamba_ssm_checkpoint(path: Path, cfg: dict[str, Any], seed: int 
         sd[p + "mixer.D"] = 1 + rnd(H, scale=0.1)
         sd[p + "mixer.norm.weight"] = 1 + rnd(I, scale=0.1)
         sd[p + "mixer.out_proj.weight"] = rnd(d, I, scale=I ** -0.5)
-    if cfg.get("tie_embeddings", True):
-        sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    tied = cfg.get("tie_embeddings", True)
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"] if tied else rnd(hf["vocab_size"], d)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     if fmt == "bin":
@@ -252,5 +255,6 @@ def save_random_mamba_ssm_checkpoint(path: Path, cfg: dict[str, Any], seed: int 
     else:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous().clone() for k, v in sd.items() if k != "lm_head.weight"}, str(path / "model.safetensors"))
+        save_file({k: v.contiguous().clone() for k, v in sd.items() if not (tied and k == "lm_head.weight")},
+                  str(path / "model.safetensors"))
     return path
