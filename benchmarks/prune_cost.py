@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, hf_config_from_mamba_ssm, mamba_ssm_config
+from ghost_vllm.mamba.ssm_layout import convert_mamba_ssm_dir, hf_config_from_mamba_ssm, mamba_ssm_config
 from ghost_vllm.mamba.ssm_layout import save_random_mamba_ssm_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["model"] for r in rows):
-        pts = [r for r in rows if r["model"] == name]
+        pts = [r for r in rows if r["model"] == name and r.get("layout", "mamba_ssm") == "mamba_ssm"]
         xs = [r["layers"] * r["tokens"] / 1e3 for r in pts]
         line = ax.plot(xs, [r["calibration_s"] for r in pts], "o", label=f"{name}-shaped (measured)")[0]
         ax.plot([0, max(xs)], [0, max(r["fit_s"] for r in pts)], "--", lw=1, color=line.get_color(),
@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--nsamples", default="32,64,128")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--work", type=Path, default=Path("build/prune-cost"))
+    ap.add_argument("--layout", choices=("mamba_ssm", "hf"), default="mamba_ssm",
+                    help="prune the mamba_ssm directory (as downloaded) or its HF-layout conversion")
     ap.add_argument("--report-only", action="store_true", help="rewrite the tables and plot from the JSON")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -130,7 +132,7 @@ def main() -> None:
     prev = json.loads(res_path.read_text()) if res_path.exists() else {}
     rows = prev.get("rows", [])
     base = prev.get("baseline_rss_bytes") or baseline_rss()
-    done = {(r["model"], r["nsamples"], r["seq_len"]) for r in rows}
+    done = {(r["model"], r.get("layout", "mamba_ssm"), r["nsamples"], r["seq_len"]) for r in rows}
     for name in [] if args.report_only else args.models.split(","):
         cfg = mamba_ssm_config(name)
         hf = hf_config_from_mamba_ssm(cfg)
@@ -138,12 +140,16 @@ def main() -> None:
         if not (src / "pytorch_model.bin").exists():
             print(f"writing a random {name}-shaped mamba_ssm checkpoint to {src}", flush=True)
             save_random_mamba_ssm_checkpoint(src, cfg, seed=0, fmt="bin")
+        if args.layout == "hf":
+            if not (args.work / f"{name}-hf" / "model.safetensors").exists():
+                convert_mamba_ssm_dir(src, args.work / f"{name}-hf", tokenizer=str(TOKENIZER))
+            src = args.work / f"{name}-hf"
         for n in (int(x) for x in args.nsamples.split(",")):
-            if (name, n, args.seq_len) in done:
+            if (name, args.layout, n, args.seq_len) in done:
                 continue
             r = run_point(src, n, args.seq_len, args.work)
             scan, macs = per_token_work(hf)
-            rows.append({"model": name, "layers": hf["num_hidden_layers"], "heads": hf["num_heads"],
+            rows.append({"model": name, "layout": args.layout, "layers": hf["num_hidden_layers"], "heads": hf["num_heads"],
                          "scan_work": scan, "matmul_macs": macs,
                          "hidden": hf["hidden_size"], "nsamples": n, "seq_len": args.seq_len,
                          "tokens": n * args.seq_len, "params": params(hf), "fp32_bytes": 4 * params(hf),
@@ -156,6 +162,7 @@ def main() -> None:
 def report(rows: list[dict], base: int, res_path: Path) -> None:
     for r in rows:  # rows measured before these fields existed
         r["scan_work"], r["matmul_macs"] = per_token_work(hf_config_from_mamba_ssm(mamba_ssm_config(r["model"])))
+        r.setdefault("layout", "mamba_ssm")
     (a, b), pred, r2 = fit(rows)
     for r, q in zip(rows, pred):
         r["fit_s"] = q
@@ -165,6 +172,9 @@ def report(rows: list[dict], base: int, res_path: Path) -> None:
         r["rss_within_bound"] = r["rss_above_baseline_bytes"] <= r["rss_bound_bytes"]
     big = max(rows, key=lambda r: r["fp32_bytes"])
     held = max(r["rss_above_baseline_bytes"] / r["fp32_bytes"] for r in rows if r["model"] == big["model"])
+    held_layout = {lay: max(r["rss_above_baseline_bytes"] / r["fp32_bytes"] for r in rows
+                            if r["model"] == big["model"] and r["layout"] == lay)
+                   for lay in dict.fromkeys(r["layout"] for r in rows if r["model"] == big["model"])}
     extrap = {}
     for name in ("mamba2-1.3b", "mamba2-2.7b"):
         hf = hf_config_from_mamba_ssm(mamba_ssm_config(name))
@@ -180,16 +190,16 @@ def report(rows: list[dict], base: int, res_path: Path) -> None:
     spread = {m: max(v) / min(v) - 1 for m, v in per_model.items()}
     res_path.write_text(json.dumps({"baseline_rss_bytes": base, "rows": rows,
                                     "fit": {"s_per_scan_unit": a, "s_per_mac": b, "r2": r2, "max_error": worst},
-                                    "per_layer_token_spread": spread, "extrapolation": extrap}, indent=1) + "\n")
+                                    "per_layer_token_spread": spread, "held_over_fp32": held_layout, "extrapolation": extrap}, indent=1) + "\n")
     plot(rows, OUT / "prune_cost.png")
     mib = 2**20
     lines = ["`ghost-vllm prune` (GHOST, 50 %) on random fp32 checkpoints with the real shapes, mamba_ssm layout, "
              "this 2-core CPU (`python benchmarks/prune_cost.py`).", "",
-             "| model | layers × heads | nsamples × seq_len | wall s | calibration s | ms per layer·token | fit s | "
+             "| model | layout | layers × heads | nsamples × seq_len | wall s | calibration s | ms per layer·token | fit s | "
              "peak RSS MiB | − baseline MiB | fp32 model MiB | bound: 1.5 × model + activations MiB | within |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['layers']} × {r['heads']} | {r['nsamples']} × {r['seq_len']} | "
+        lines.append(f"| {r['model']} | {r['layout']} | {r['layers']} × {r['heads']} | {r['nsamples']} × {r['seq_len']} | "
                      f"{r['wall_s']:.0f} | {r['calibration_s']:.1f} | {r['s_per_layer_token'] * 1e3:.3f} | "
                      f"{r['fit_s']:.1f} | {r['peak_rss_bytes'] / mib:.0f} | {r['rss_above_baseline_bytes'] / mib:.0f} | "
                      f"{r['fp32_bytes'] / mib:.0f} | {r['rss_bound_bytes'] / mib:.0f} | "
@@ -202,7 +212,8 @@ def report(rows: list[dict], base: int, res_path: Path) -> None:
               f"(in_proj twice, out_proj once): a = {a * 1e9:.2f} ns, b = {b * 1e12:.2f} ps, R² = {r2:.4f}, largest "
               f"deviation {worst:.1%}. Peak RSS includes a {base / mib:.0f} MiB baseline (torch, transformers' Mamba2 "
               f"and ghost_vllm imported, no model); the bound is checked on what pruning adds to it, which is at most "
-              f"{held:.2f}× the fp32 model for {big['model']}.", "",
+              f"{held:.2f}× the fp32 model for {big['model']} ("
+              + ", ".join(f"{v:.2f}× from the {k} layout" for k, v in held_layout.items()) + ").", "",
               "Extrapolated to the paper's setting (128 × 128 tokens, fp32, this CPU): mamba2-1.3b ≈ "
               f"{e13['calibration_s_128x128'] / 60:.0f} min, RSS ≈ {e13['rss_estimate_bytes'] / 2**30:.1f} GiB "
               f"(bound {e13['rss_bound_bytes'] / 2**30:.1f}); mamba2-2.7b ≈ {e27['calibration_s_128x128'] / 60:.0f} min, "
