@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 GHOST_ARCHITECTURE = "GhostMamba2ForCausalLM"
 GHOST_FILE = "ghost.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_path(path: str) -> Path:
@@ -202,22 +201,24 @@ def source_hash(model_dir: Path, any_weights: bool = False) -> str:
     return h.hexdigest()
 
 
-def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu", check_finite: bool = True):
-    """Validated ``Mamba2ForCausalLM`` in eval mode, group-wise gated norm patched in when ``n_groups > 1``."""
-    from transformers import Mamba2ForCausalLM
+def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
+    """Validated ``Mamba2ForCausalLM`` in eval mode, group-wise gated norm patched in when ``n_groups > 1``. The
+    safetensors are read tensor by tensor into the module (see :mod:`ghost_vllm.weights`): one copy of the model in
+    memory, none mapped beside it (``from_pretrained`` peaks near 1.8× the model on CPU)."""
+    from transformers import Mamba2Config
 
-    from ghost_vllm.mamba.norm import patch_group_norm
+    from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors
 
     validate_model_dir(model_dir)
-    torch_dtype = "auto" if dtype == "auto" else _TORCH_DTYPES[dtype]
-    model = Mamba2ForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True)
-    model = model.to(device).eval()
-    patch_group_norm(model)
-    if check_finite:
-        for name, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise ModelError(f"{model_dir}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
-    return model
+    target = None if dtype == "auto" else TORCH_DTYPES[dtype]
+    sd: dict[str, torch.Tensor] = {}
+    for f in _safetensors_files(model_dir):
+        sd.update(read_safetensors(f, target))
+    config = Mamba2Config.from_pretrained(str(model_dir), local_files_only=True)
+    if target is None:  # auto: the config's dtype, as from_pretrained does, else the stored one
+        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
+        target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
+    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False)
 
 
 def load_tokenizer(model_dir: Path, override: Optional[str] = None):

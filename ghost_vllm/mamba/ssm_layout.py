@@ -19,7 +19,7 @@ import torch
 from ghost_vllm.errors import ModelError
 
 __all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "CODESTRAL_7B", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
-           "load_mamba_ssm_state_dict", "hf_state_dict_from_mamba_ssm", "load_mamba_ssm_model", "convert_mamba_ssm_dir",
+           "load_mamba_ssm_state_dict", "load_mamba_ssm_model", "convert_mamba_ssm_dir",
            "mamba_ssm_config", "codestral_like_config", "save_random_mamba_ssm_checkpoint"]
 
 # mamba_ssm.modules.mamba2.Mamba2.__init__ defaults, and the block/norm epsilon of mixer_seq_simple
@@ -69,18 +69,19 @@ def hf_config_from_mamba_ssm(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_mamba_ssm_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
-    """Weights of a mamba_ssm directory: safetensors if present, else ``pytorch_model.bin`` with ``weights_only=True``,
-    which refuses anything but tensors and plain containers. Every tensor gets its own storage, not a view of one
-    memory-mapped file: pruning replaces in_proj/conv1d, and a mapping would keep the replaced pages resident until
-    the end (measured: +0.25 GB on mamba2-130m); each weight is read exactly once either way."""
+def load_mamba_ssm_state_dict(model_dir: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Weights of a mamba_ssm directory: safetensors if present (read tensor by tensor, see
+    :func:`ghost_vllm.weights.read_safetensors`), else ``pytorch_model.bin`` with ``weights_only=True``, which refuses
+    anything but tensors and plain containers. Every tensor gets its own storage, not a view of one memory-mapped
+    file: pruning replaces in_proj/conv1d, and a mapping would keep the replaced pages resident until the end
+    (measured: +0.25 GB on mamba2-130m)."""
+    from ghost_vllm.weights import read_safetensors
+
     st = sorted(model_dir.glob("*.safetensors"))
     if st:
-        from safetensors.torch import load_file
-
         out: dict[str, torch.Tensor] = {}
         for f in st:
-            out.update(load_file(str(f)))
+            out.update(read_safetensors(f, dtype))
         return out
     binf = model_dir / "pytorch_model.bin"
     if not binf.is_file():
@@ -95,34 +96,14 @@ def load_mamba_ssm_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def hf_state_dict_from_mamba_ssm(sd: dict[str, torch.Tensor], hf: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
-    """Rename mamba_ssm keys to the HF Mamba2 ones (no copies) and check every key and shape against ``hf``."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    out = {}
-    for k, v in sd.items():
-        nk = k.replace("backbone.embedding.", "backbone.embeddings.")
-        if nk == "lm_head.weight" and hf["tie_word_embeddings"]:
-            continue
-        out[nk] = v
+def _hf_names(sd: dict[str, torch.Tensor], hf: dict[str, Any], where: Path) -> dict[str, torch.Tensor]:
+    """mamba_ssm keys → HF Mamba2 keys (no copies); the embedding must have the padded vocabulary's rows."""
+    out = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}
     emb = out.get("backbone.embeddings.weight")
     if emb is None:
         raise ModelError(f"{where}: no backbone.embedding.weight")
     if emb.shape[0] != hf["vocab_size"]:
         raise ModelError(f"{where}: embedding has {emb.shape[0]} rows, padded vocab_size is {hf['vocab_size']}")
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in Mamba2ForCausalLM(Mamba2Config(**hf)).state_dict().items()
-                    if not (k == "lm_head.weight" and hf["tie_word_embeddings"])}
-    missing = sorted(set(expected) - set(out))
-    if missing:
-        raise ModelError(f"{where}: {len(missing)} weight(s) missing, e.g. {missing[0]}; the checkpoint is incomplete")
-    extra = sorted(set(out) - set(expected))
-    if extra:
-        raise ModelError(f"{where}: unexpected weight {extra[0]} ({len(extra)} in all); not a pure Mamba2 checkpoint")
-    for k, shape in expected.items():
-        if tuple(out[k].shape) != shape:
-            raise ModelError(f"{where}: {k} has shape {tuple(out[k].shape)}, config.json implies {shape}; "
-                             f"config and weights disagree")
     return out
 
 
@@ -130,35 +111,14 @@ def load_mamba_ssm_model(src: Path, dtype: str = "auto", device: str = "cpu"):
     """A ``Mamba2ForCausalLM`` built straight from a mamba_ssm directory: the weights are read once and assigned to
     the module (built on the meta device) without a second copy and without a temporary HF directory; ``dtype``
     converts one tensor at a time (``auto`` keeps the stored one)."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers import Mamba2Config
 
-    from ghost_vllm.mamba.norm import patch_group_norm
+    from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2
 
-    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    hf = hf_config_from_mamba_ssm(cfg)
-    sd = hf_state_dict_from_mamba_ssm(load_mamba_ssm_state_dict(src), hf, src)
-    stored = sd["backbone.embeddings.weight"].dtype
-    torch_dtype = stored if dtype == "auto" else {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                                  "float16": torch.float16}[dtype]
-    config = Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"], dtype=str(torch_dtype).replace("torch.", ""))
-    with torch.device("meta"):
-        model = Mamba2ForCausalLM(config)
-    for k in list(sd):  # convert one tensor at a time: never two full copies of the model
-        if sd[k].dtype != torch_dtype or sd[k].device != torch.device(device):
-            sd[k] = sd[k].to(device=device, dtype=torch_dtype)
-    model.load_state_dict(sd, strict=False, assign=True)
-    del sd
-    if hf["tie_word_embeddings"]:
-        model.lm_head.weight = model.backbone.embeddings.weight
-    model.eval()
-    patch_group_norm(model)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise ModelError(f"{src}: {left[0]} was not loaded ({len(left)} tensors in all); the checkpoint is incomplete")
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ModelError(f"{src}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
-    return model
+    hf = hf_config_from_mamba_ssm(json.loads((src / "config.json").read_text(encoding="utf-8")))
+    sd = _hf_names(load_mamba_ssm_state_dict(src, None if dtype == "auto" else TORCH_DTYPES[dtype]), hf, src)
+    torch_dtype = sd["backbone.embeddings.weight"].dtype if dtype == "auto" else TORCH_DTYPES[dtype]
+    return assemble_mamba2(Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"]), sd, torch_dtype, device, src)
 
 
 def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) -> Path:
@@ -166,14 +126,18 @@ def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) ->
     import shutil
 
     from safetensors.torch import save_file
-    from transformers import Mamba2Config
+    from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    hf = hf_config_from_mamba_ssm(cfg)
-    out = {k: v.contiguous() for k, v in hf_state_dict_from_mamba_ssm(load_mamba_ssm_state_dict(src), hf, src).items()}
+    from ghost_vllm.weights import check_mamba2_weights
+
+    hf = hf_config_from_mamba_ssm(json.loads((src / "config.json").read_text(encoding="utf-8")))
+    config = Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"])
+    sd = _hf_names(load_mamba_ssm_state_dict(src), hf, src)
+    with torch.device("meta"):
+        check_mamba2_weights(Mamba2ForCausalLM(config), sd, src)
     dst.mkdir(parents=True, exist_ok=True)
-    Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"]).save_pretrained(str(dst))
-    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(dst))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
     tok_src = Path(tokenizer) if tokenizer else None
     if tok_src is not None and tok_src.is_file():
         shutil.copy(tok_src, dst / "tokenizer.json")

@@ -1,0 +1,118 @@
+"""Loading Mamba2 weights with one copy of the model in memory.
+
+``read_safetensors`` reads a file tensor by tensor with plain reads (no memory map: mapped pages that were copied out
+would stay resident beside the copies until the file is closed, ≈ 2× the model at the peak) and converts each tensor
+to the target dtype as it arrives. ``assemble_mamba2`` builds transformers' ``Mamba2ForCausalLM`` on the meta device
+and assigns those tensors to it, so the module owns them without a further copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ghost_vllm.errors import ModelError
+
+__all__ = ["TORCH_DTYPES", "read_safetensors", "check_mamba2_weights", "assemble_mamba2"]
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def read_safetensors(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file, each in its own storage, floating ones converted to ``dtype`` on the
+    way in (one tensor at a time)."""
+    out: dict[str, torch.Tensor] = {}
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        try:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelError(f"{path}: corrupt safetensors header ({e}); re-download or re-export it") from None
+        base = 8 + n
+        for name, meta in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                                 key=lambda kv: kv[1]["data_offsets"][0]):
+            st_dtype = _ST_DTYPES.get(meta.get("dtype"))
+            if st_dtype is None:
+                raise ModelError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')!r}")
+            lo, hi = (int(x) for x in meta["data_offsets"])
+            shape = [int(x) for x in meta["shape"]]
+            count = 1
+            for s in shape:
+                count *= s
+            if hi - lo != count * torch.empty((), dtype=st_dtype).element_size() or base + hi > size:
+                raise ModelError(f"{path}: tensor {name} does not fit its header (truncated or corrupt file); "
+                                 f"re-download or re-export it")
+            buf = bytearray(hi - lo)
+            fh.seek(base + lo)
+            if fh.readinto(buf) != len(buf):
+                raise ModelError(f"{path}: tensor {name} is cut short; re-download or re-export the file")
+            t = (torch.frombuffer(buf, dtype=st_dtype) if buf else torch.empty(0, dtype=st_dtype)).reshape(shape)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                t = t.to(dtype)
+            out[name] = t
+    return out
+
+
+def check_mamba2_weights(model, sd: dict[str, torch.Tensor], where: Path, strict_extra: bool = True) -> None:
+    """``sd`` (HF names) against ``model``'s parameters (a meta model is enough): every key present with its shape;
+    a tied ``lm_head.weight`` is dropped; unknown keys are an error (``strict_extra``) or dropped with a warning."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", True))
+    if tied:
+        sd.pop("lm_head.weight", None)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    missing = sorted(set(expected) - set(sd))
+    if missing:
+        raise ModelError(f"{where}: {len(missing)} weight(s) missing, e.g. {missing[0]}; the checkpoint is incomplete")
+    extra = sorted(set(sd) - set(expected))
+    if extra and strict_extra:
+        raise ModelError(f"{where}: unexpected weight {extra[0]} ({len(extra)} in all); not a pure Mamba2 checkpoint")
+    for k in extra:
+        log.warning("%s: ignoring unexpected weight %s", where, k)
+        del sd[k]
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != shape:
+            raise ModelError(f"{where}: {k} has shape {tuple(sd[k].shape)}, config.json implies {shape}; "
+                             f"config and weights disagree")
+
+
+def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtype, device: str, where: Path,
+                    strict_extra: bool = True):
+    """``Mamba2ForCausalLM(config)`` owning the tensors of ``sd`` (HF names), checked key by key and shape by shape;
+    tied embeddings tied; group-wise gated norm patched in; NaN/Inf refused."""
+    from transformers import Mamba2ForCausalLM
+
+    from ghost_vllm.mamba.norm import patch_group_norm
+
+    tied = bool(getattr(config, "tie_word_embeddings", True))
+    config.dtype = torch_dtype
+    with torch.device("meta"):
+        model = Mamba2ForCausalLM(config)
+    check_mamba2_weights(model, sd, where, strict_extra)
+    for k in list(sd):  # one tensor at a time: never two full copies of the model
+        if sd[k].dtype != torch_dtype or sd[k].device != torch.device(device):
+            sd[k] = sd[k].to(device=device, dtype=torch_dtype)
+    model.load_state_dict(sd, strict=False, assign=True)
+    sd.clear()
+    if tied:
+        model.lm_head.weight = model.backbone.embeddings.weight
+    model.eval()
+    patch_group_norm(model)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ModelError(f"{where}: {left[0]} was not loaded ({len(left)} tensors in all); the checkpoint is incomplete")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ModelError(f"{where}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
+    return model
