@@ -3,7 +3,6 @@ client; /metrics carries the ghost: metrics with the values `ghost-vllm inspect`
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -49,10 +48,6 @@ def test_openai_client_and_ghost_metrics(tmp_path):
         streamed = "".join(c.choices[0].text for c in chunks if c.choices)
         assert streamed == r.choices[0].text  # greedy: streaming and non-streaming agree
         text = server.metrics()
-        # CPU default set by `ghost-vllm serve` (the server process exec'd from it keeps its pid)
-        environ = dict(kv.split("=", 1) for kv in
-                       open(f"/proc/{server.proc.pid}/environ", "rb").read().decode().split("\0") if "=" in kv)
-        assert environ.get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     assert server.returncode is not None and server.returncode in (0, -2, 130), server.returncode
 
     label = 'model_name="tiny-ghost"'
