@@ -289,11 +289,12 @@ def main() -> None:
             print(f"phantom states: Spearman {stats['spearman_all_layers']:.3f}, disagreement at 50 %: "
                   f"{100 * stats['disagreement_share_at_50']:.1f} %")
     elif rows:
-        write_sensitivity(rows, args.out, args.eval_seq_lens)
+        write_sensitivity(rows, args.out, args.eval_seq_lens, args.calibration)
 
 
-def write_sensitivity(rows: list[dict], out: Path, seq_lens: list[int]) -> None:
-    lines = ["GHOST at 50 %, calibration nsamples × seq_len; WikiText-2 token ppl at each eval seq_len.", "",
+def write_sensitivity(rows: list[dict], out: Path, seq_lens: list[int], source: str = "reference") -> None:
+    lines = [f"GHOST at 50 %, calibration nsamples × seq_len drawn from `{source}`; WikiText-2 token ppl at each "
+             f"eval seq_len.", "",
              "| nsamples | calib seq_len | calib tokens | " + " | ".join(f"WT2 ppl {L}" for L in seq_lens) + " | calib s |",
              "|---|---|---|" + "---|" * len(seq_lens) + "---|"]
     for r in sorted(rows, key=lambda r: (r["seq_len"], r["nsamples"])):
