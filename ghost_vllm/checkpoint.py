@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from ghost_vllm.errors import CheckpointError, ModelError, OutputError
+from ghost_vllm.weights import safetensors_header
 
 __all__ = [
     "GHOST_ARCHITECTURE",
@@ -104,18 +105,14 @@ def check_safetensors_complete(path: Path) -> None:
     """Raise :class:`ModelError` unless the file is exactly header + the data its header describes (catches
     truncated downloads, which safetensors itself only notices when a tensor is read)."""
     size = path.stat().st_size
+    header, base = safetensors_header(path)
     try:
-        with path.open("rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length beyond end of file")
-            header = json.loads(fh.read(n))
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{path}: corrupt safetensors header ({e}); re-download or re-export the checkpoint") from None
-    if 8 + n + end != size:
+    if base + end != size:
         raise ModelError(
-            f"{path}: truncated or padded safetensors file ({size:,} bytes, header describes {8 + n + end:,}); "
+            f"{path}: truncated or padded safetensors file ({size:,} bytes, header describes {base + end:,}); "
             f"re-download or re-export the checkpoint"
         )
 
@@ -204,7 +201,7 @@ def source_hash(model_dir: Path, any_weights: bool = False) -> str:
 def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
     """Validated ``Mamba2ForCausalLM`` in eval mode, group-wise gated norm patched in when ``n_groups > 1``. The
     safetensors are read tensor by tensor into the module (see :mod:`ghost_vllm.weights`): one copy of the model in
-    memory, none mapped beside it (``from_pretrained`` peaks near 1.8× the model on CPU)."""
+    memory, none mapped beside it (``from_pretrained`` keeps the mapped file resident beside its copies on CPU)."""
     from transformers import Mamba2Config
 
     from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors

@@ -114,15 +114,15 @@ def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bo
     return grads
 
 
-# transformers' torch path materialises chunk×chunk×heads×state intermediates that grow with the batch (≈0.5 GB for
-# 16 windows of mamba2-130m); two windows at a time keep the transient a fraction of one layer's weights
+# transformers' torch path materialises chunk-sized intermediates that grow with the batch (for 16 windows of
+# mamba2-130m more than a layer's weights); two windows at a time keep the transient small
 PROPAGATE_WINDOWS = 2
 
 
 def _release_free_heap() -> None:
-    """Hand glibc's freed-but-kept heap pages back to the OS. The scan allocates and frees a state-sized tensor per
-    token; glibc's adaptive mmap threshold then serves them from the heap, which without a trim grows by a model's
-    worth of RSS over a few layers (measured on mamba2-130m: +1.2 GB held, none of it in use)."""
+    """Hand glibc's freed-but-kept heap pages back to the OS after each layer: the layer's batch-sized temporaries
+    (mixer inputs, propagation) are served from the heap once glibc's adaptive mmap threshold has grown, and that
+    heap is not returned by itself, so RSS would ratchet up layer after layer with memory no longer in use."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

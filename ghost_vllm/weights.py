@@ -17,7 +17,7 @@ import torch
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["TORCH_DTYPES", "read_safetensors", "check_mamba2_weights", "assemble_mamba2"]
+__all__ = ["TORCH_DTYPES", "safetensors_header", "read_safetensors", "check_mamba2_weights", "assemble_mamba2"]
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +27,29 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16
               "BOOL": torch.bool}
 
 
+def safetensors_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset its data starts at; :class:`ModelError` if unreadable."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond end of file")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: corrupt safetensors header ({e}); re-download or re-export the checkpoint") from None
+    return header, 8 + n
+
+
 def read_safetensors(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
     """All tensors of one safetensors file, each in its own storage, floating ones converted to ``dtype`` on the
     way in (one tensor at a time)."""
     out: dict[str, torch.Tensor] = {}
     size = path.stat().st_size
+    header, base = safetensors_header(path)
     with path.open("rb") as fh:
-        try:
-            n = int.from_bytes(fh.read(8), "little")
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length beyond end of file")
-            header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ModelError(f"{path}: corrupt safetensors header ({e}); re-download or re-export it") from None
-        base = 8 + n
         for name, meta in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
                                  key=lambda kv: kv[1]["data_offsets"][0]):
             st_dtype = _ST_DTYPES.get(meta.get("dtype"))

@@ -73,8 +73,7 @@ def load_mamba_ssm_state_dict(model_dir: Path, dtype: torch.dtype | None = None)
     """Weights of a mamba_ssm directory: safetensors if present (read tensor by tensor, see
     :func:`ghost_vllm.weights.read_safetensors`), else ``pytorch_model.bin`` with ``weights_only=True``, which refuses
     anything but tensors and plain containers. Every tensor gets its own storage, not a view of one memory-mapped
-    file: pruning replaces in_proj/conv1d, and a mapping would keep the replaced pages resident until the end
-    (measured: +0.25 GB on mamba2-130m)."""
+    file: pruning replaces in_proj/conv1d, and a mapping would keep the replaced pages resident until the end."""
     from ghost_vllm.weights import read_safetensors
 
     st = sorted(model_dir.glob("*.safetensors"))
