@@ -41,7 +41,7 @@ def test_capacity_command_accounts_for_every_request(pair, tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "ghost_vllm.cli", "bench", "capacity", "--dense", str(dense), "--pruned", str(pruned),
          "--state-memory", "7MiB", "--concurrency", "2,8", "--requests", "12", "--prompt-len", "16",
-         "--max-tokens", "64", "--repeats", "1", "--scrape-interval", "0.1", "--out", str(out), "--prometheus-textfile", str(textfile),
+         "--max-tokens", "256", "--repeats", "1", "--scrape-interval", "0.1", "--out", str(out), "--prometheus-textfile", str(textfile),
          "--no-progress"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "capacity.json").read_text())
@@ -50,12 +50,14 @@ def test_capacity_command_accounts_for_every_request(pair, tmp_path):
         s = run["summary"]
         assert s["sent"] == 12 and s["completed"] + s["failed"] == s["sent"]
         assert s["failed"] == 0
-        assert s["output_tokens"] == 12 * 64
+        assert s["output_tokens"] == 12 * 256
         assert s["server_generation_tokens"] == s["output_tokens"]  # the server counted exactly what we received
         assert s["server_request_success"] == s["completed"]
         # never more running than clients or state slots (a scrape can miss the peak, never exceed the cap)
         assert 0 <= s["peak_running"] <= min(run["concurrency"], run["num_gpu_blocks"] - 1)
-        assert len(run["metrics_series"]) >= 1
+        # the scraper samples at least once per level, however short; every sample or failure is counted
+        assert len(run["metrics_series"]) == s["scrapes"] >= 1, run["scrape_error"]
+        assert s["scrape_failures"] == 0, run["scrape_error"]
         assert s["ttft_s_p50"] is not None and s["itl_s_p99"] is not None
     blocks = {run["variant"]: run["num_gpu_blocks"] for run in result["runs"]}
     assert blocks == {"dense": 7 * 2**20 // 1628160, "pruned": 7 * 2**20 // 832512}

@@ -91,6 +91,8 @@ def summarize(samples: list[dict], peaks: dict, deltas: dict) -> dict:
         "requests_per_s": len(ok) / dur if dur > 0 else 0.0,
         "peak_running": peaks["running_max"],
         "peak_waiting": peaks["waiting_max"],
+        "scrapes": peaks["scrapes"],
+        "scrape_failures": peaks["scrape_failures"],
         "preemptions": deltas["preemptions_delta"],
         "server_generation_tokens": deltas["generation_tokens_delta"],
         "server_request_success": deltas["request_success_delta"],
@@ -128,10 +130,10 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
                         spec.request_timeout_s, spec.scrape_interval_s, on_done=lambda _s: bar.update(1)))
                     raw = [s.to_dict() for s in samples]
                     pk = {"running_max": peaks.running_max, "waiting_max": peaks.waiting_max, "scrapes": peaks.scrapes,
-                          "series": peaks.series}
+                          "scrape_failures": peaks.failures, "series": peaks.series}
                     runs.append({"repeat": rep, "variant": variant, "model": model, "concurrency": level,
                                  "num_gpu_blocks": blocks, "summary": summarize(raw, pk, deltas), "samples": raw,
-                                 "metrics_series": peaks.series})
+                                 "metrics_series": peaks.series, "scrape_error": peaks.last_error})
     bar.close()
     result = {"spec": {**spec.__dict__, "concurrency": list(spec.concurrency)}, "version": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs,

@@ -39,6 +39,7 @@ class MetricsPeaks:
     waiting_max: float = 0.0
     scrapes: int = 0
     failures: int = 0
+    last_error: Optional[str] = None
     series: list[tuple[float, float, float]] = field(default_factory=list)  # (t, running, waiting)
 
 
@@ -49,11 +50,14 @@ async def scrape(http, base_url: str) -> list:
 
 
 def _scraper(base_url: str, peaks: MetricsPeaks, stop: threading.Event, t0: float, interval: float) -> None:
-    """Runs in its own thread so the clients' event loop cannot starve it."""
+    """Runs in its own thread so the clients' event loop cannot starve it.
+
+    Scrapes once before looking at ``stop``: a level shorter than the thread's start-up still gets a sample.
+    """
     import httpx
 
     with httpx.Client(timeout=10) as http:
-        while not stop.is_set():
+        while True:
             try:
                 r = http.get(f"{base_url}/metrics")
                 r.raise_for_status()
@@ -64,9 +68,11 @@ def _scraper(base_url: str, peaks: MetricsPeaks, stop: threading.Event, t0: floa
                 peaks.waiting_max = max(peaks.waiting_max, waiting)
                 peaks.series.append((time.perf_counter() - t0, running, waiting))
                 peaks.scrapes += 1
-            except Exception:
+            except Exception as e:  # counted and kept: a level without a single scrape says why
                 peaks.failures += 1
-            stop.wait(interval)
+                peaks.last_error = f"{type(e).__name__}: {str(e)[:200]}"
+            if stop.wait(interval):
+                break
 
 
 async def _one(client, model: str, prompt: list[int], max_tokens: int, index: int, t0: float,
