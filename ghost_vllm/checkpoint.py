@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -23,6 +23,7 @@ __all__ = [
     "GHOST_FILE",
     "TOKENIZER_FILES",
     "resolve_model_path",
+    "resolve_tokenizer_path",
     "read_config",
     "weight_shapes",
     "check_safetensors_complete",
@@ -51,27 +52,34 @@ def resolve_model_path(path: str) -> Path:
             raise ModelError(f"the bundled reference model is missing at {MODEL_DIR}; reinstall ghost_vllm from a full clone")
         return MODEL_DIR
     local = Path(path).expanduser()
-    if local.exists() or not _HUB_ID.fullmatch(path) or Path(path.split("/")[0]).exists():
+    if not _is_hub_id(path):
         return local  # a local path (missing ones get "model directory not found" from the validators)
     return _hub_snapshot(path)
+
+
+def _is_hub_id(path: str) -> bool:
+    """``org/name`` that is not a local path (nor under a local directory named ``org``)."""
+    return bool(_HUB_ID.fullmatch(path)) and not Path(path).expanduser().exists() and not Path(path.split("/")[0]).exists()
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES]
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def _hub_snapshot(repo_id: str, patterns: Sequence[str] = tuple(_HUB_PATTERNS), flag: str = "--model",
+                  what: str = "model directory") -> Path:
     """A Hub id (``state-spaces/mamba2-130m``) that is not a local directory: the local Hugging Face cache's snapshot,
-    downloaded first unless ``HF_HUB_OFFLINE=1``. Only config, weights and tokenizer files are fetched."""
+    downloaded first unless ``HF_HUB_OFFLINE=1``. Only ``patterns`` are fetched (config, weights and tokenizer files
+    for a model; tokenizer files for a tokenizer)."""
     from huggingface_hub import snapshot_download
 
-    log.info("%s is not a local directory; resolving it as a Hugging Face Hub id", repo_id)
+    log.info("%s is not a local path; resolving it as a Hugging Face Hub id", repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
     except Exception as e:  # offline and not cached, unknown repo, gated, network down
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{repo_id}: not a local directory, and fetching it as a Hugging Face Hub id failed "
-                         f"({type(e).__name__}: {why}); pass a local model directory with --model") from None
+        raise ModelError(f"{repo_id}: not a local path, and fetching it as a Hugging Face Hub id failed "
+                         f"({type(e).__name__}: {why}); pass a local {what} with {flag}") from None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -218,11 +226,24 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
     return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False)
 
 
+def resolve_tokenizer_path(override: str) -> Path:
+    """``--tokenizer``/``model.tokenizer`` → a local tokenizer.json file or directory; a Hub id
+    (``EleutherAI/gpt-neox-20b``) is resolved like a model id, tokenizer files only."""
+    if _is_hub_id(override):
+        return _hub_snapshot(override, TOKENIZER_FILES, "--tokenizer", "tokenizer.json or tokenizer directory")
+    path = Path(override).expanduser()
+    if not path.exists():
+        raise ModelError(f"{override}: tokenizer not found; pass a tokenizer.json file, a directory holding one, or a "
+                         f"Hugging Face Hub id (e.g. EleutherAI/gpt-neox-20b) with --tokenizer")
+    return path
+
+
 def load_tokenizer(model_dir: Path, override: Optional[str] = None):
-    """Tokenizer from ``override`` (a directory or a tokenizer.json file) or from the model directory."""
+    """Tokenizer from ``override`` (a tokenizer.json file, a directory, or a Hub id such as ``EleutherAI/gpt-neox-20b``
+    resolved like a model id, tokenizer files only) or from the model directory."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    where = Path(override) if override else model_dir
+    where = resolve_tokenizer_path(override) if override else model_dir
     try:
         if where.is_file():
             return PreTrainedTokenizerFast(tokenizer_file=str(where))

@@ -79,7 +79,9 @@ def _fake_hub_cache(cache: Path, repo_id: str, files: Path) -> Path:
     return snap
 
 
-def test_hub_id_resolves_from_the_local_cache_offline(tmp_path):
+def test_hub_ids_resolve_from_the_local_cache_offline(tmp_path):
+    """Model and tokenizer given as Hub ids come from the local HF cache (HF_HUB_OFFLINE=1: never the network);
+    an uncached id, or a tokenizer path that does not exist, is one error line and writes nothing."""
     from ghost_vllm.mamba.tiny import tiny_tokenizer
     from ghost_vllm.reference import CALIBRATION_TEXT
 
@@ -89,20 +91,31 @@ def test_hub_id_resolves_from_the_local_cache_offline(tmp_path):
                            ssm_cfg={"d_state": 16, "headdim": 8, "chunk_size": 8})
     src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, fmt="bin")
     snap = _fake_hub_cache(tmp_path / "hub", "state-spaces/mamba2-tiny", src)
+    tok_snap = _fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-tokenizer", tok_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     base = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4",
-            "--seq-len", "16", "--no-progress", "--tokenizer", str(tok_dir / "tokenizer.json")]
-    ok = subprocess.run([*base, "--model", "state-spaces/mamba2-tiny", "--out", str(tmp_path / "out")], env=env,
-                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+            "--seq-len", "16", "--no-progress"]
+
+    def run(model: str, tokenizer: str, out: str):
+        return subprocess.run([*base, "--model", model, "--tokenizer", tokenizer, "--out", str(tmp_path / out)],
+                              env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    ok = run("state-spaces/mamba2-tiny", "tiny-org/tiny-tokenizer", "out")
     assert ok.returncode == 0, ok.stderr[-2000:]
     ghost = json.loads((tmp_path / "out" / "ghost.json").read_text())
     assert ghost["source"]["path"] == str(snap.resolve()) and ghost["state_size"] == 8
-    missing = subprocess.run([*base, "--model", "state-spaces/not-cached", "--out", str(tmp_path / "out2")], env=env,
-                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
-    assert missing.returncode == 2 and len(errors) == 1 and "Traceback" not in missing.stderr
-    assert "state-spaces/not-cached: not a local directory" in errors[0] and "--model" in errors[0]
-    assert not (tmp_path / "out2").exists()
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (tok_snap / "tokenizer.json").read_bytes()
+    tok_file = str(tok_dir / "tokenizer.json")
+    for model, tokenizer, expected, flag in [
+        ("state-spaces/not-cached", tok_file, "state-spaces/not-cached: not a local path", "--model"),
+        ("state-spaces/mamba2-tiny", "tiny-org/not-cached", "tiny-org/not-cached: not a local path", "--tokenizer"),
+        ("state-spaces/mamba2-tiny", str(tmp_path / "none.json"), "none.json: tokenizer not found", "--tokenizer"),
+    ]:
+        bad = run(model, tokenizer, "out2")
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+        assert bad.returncode == 2 and len(errors) == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+        assert expected in errors[0] and flag in errors[0], errors[0]
+        assert not (tmp_path / "out2").exists()
 
 
 def test_codestral_shaped_checkpoint_prunes_per_group_and_equals_zeroed(tmp_path):

@@ -16,6 +16,7 @@ from ghost_vllm.checkpoint import (
     read_config,
     load_tokenizer,
     resolve_model_path,
+    resolve_tokenizer_path,
     source_hash,
     validate_model_dir,
     write_checkpoint,
@@ -102,7 +103,8 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
     target = _check_target(recipe, model_dir)
     kept_count(int(cfg["state_size"]), recipe.selection.sparsity, recipe.selection.multiple_of)
     texts = load_texts(recipe.calibration.source)
-    tokenizer = load_tokenizer(model_dir, recipe.model.tokenizer)
+    tok_path = str(resolve_tokenizer_path(recipe.model.tokenizer)) if recipe.model.tokenizer else None
+    tokenizer = load_tokenizer(model_dir, tok_path)
     c = recipe.calibration
     calib = make_windows(texts, tokenizer, c.nsamples, c.seq_len, c.seed, c.source)
     log.info("calibration: %d windows × %d tokens from %s", c.nsamples, c.seq_len, c.source)
@@ -118,5 +120,5 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
                          recipe.selection.multiple_of, recipe.selection.seed, c.batch_size, progress)
     ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype)
     write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
-                     tokenizer_override=recipe.model.tokenizer)
+                     tokenizer_override=tok_path)
     return PruneOutcome(target, ghost)
