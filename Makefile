@@ -26,7 +26,7 @@ run: setup
 	$(VENV)/bin/ghost-vllm compare reference build/reference-ghost50 --data reference-valid \
 		$(if $(wildcard $(WIKITEXT_TEST)),--data $(WIKITEXT_TEST)) --seq-len 512 --json build/reference-compare.json
 	$(VENV)/bin/ghost-vllm slots reference build/reference-ghost50 --state-memory 256MiB \
-		--prompt " = Valkyria Chronicles = " --prompt " The city of Paris is" --json build/reference-slots.json
+		--prompt " = Valkyria Chronicles =" --prompt " The city of Paris is" --json build/reference-slots.json
 
 test: setup
 	$(PY) -m pytest -q tests
