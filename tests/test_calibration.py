@@ -62,3 +62,13 @@ def test_windows_are_seeded_distinct_and_sized(tok):
 def test_too_little_text_says_how_much_there_is(tok):
     with pytest.raises(CalibrationError, match=r"tokens make \d+ windows of 64, but 1000 were requested"):
         make_windows(["a short text " * 20], tok, 1000, 64, 0, "short")
+
+
+def test_wikitext2_without_datasets_names_the_extra(monkeypatch, tmp_path):
+    """The real-model recipes calibrate on 'wikitext2'; without the optional package the error names the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on an install without the [hub] extra
+    monkeypatch.chdir(tmp_path)  # no local file called wikitext2
+    with pytest.raises(CalibrationError, match=r"calibration 'wikitext2' needs .* pip install 'ghost-vllm\[hub\]'"):
+        load_texts("wikitext2")

@@ -59,7 +59,7 @@ def _load_hf(name: str) -> list[str]:
     except ImportError:
         raise CalibrationError(
             f"calibration '{name}' needs the Hugging Face 'datasets' package and network access; "
-            f"pip install datasets, or pass a local text file"
+            f"pip install 'ghost-vllm[hub]' (or datasets), or pass a local text file"
         ) from None
     try:
         ds = datasets.load_dataset(dataset, config, split=split)
