@@ -198,3 +198,29 @@ def test_bf16_checkpoint_is_scored_in_float_and_written_in_bf16(tmp_path):
     for lb, lf in zip(bf["layers"], fp["layers"]):
         sb, sf = torch.tensor(lb["scores"]), torch.tensor(lf["scores"])
         assert torch.corrcoef(torch.stack([sb.flatten(), sf.flatten()]))[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("recipe, dtype, st_dtype", [("mamba2-130m-ghost50.yaml", "float32", "F32"),
+                                                     ("mamba2-2.7b-ghost50.yaml", "bfloat16", "BF16")])
+def test_shipped_real_model_recipe_runs_on_a_local_checkpoint(recipe, dtype, st_dtype, tmp_path):
+    """The real-model recipes as shipped (tokenizer path, dtype, selection, device auto), run from the repository root
+    with only the model (a local mamba_ssm-layout checkpoint with mamba2-*'s vocabulary, d_state and head_dim, cut to
+    2 layers), the calibration text and its size overridden, as one would without the Hub."""
+    from safetensors import safe_open
+
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    cfg = mamba_ssm_config("mamba2-130m", d_model=128, n_layer=2)
+    src = save_random_mamba_ssm_checkpoint(tmp_path / "src", cfg, seed=3)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "ghost_vllm.cli", "prune", f"configs/{recipe}", "--model", str(src),
+                        "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4", "--seq-len", "32", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ghost = json.loads((out / "ghost.json").read_text())
+    assert ghost["recipe"]["model"]["tokenizer"] == "../shared/data/tokenizers/gpt-neox-20b.json"
+    assert (ghost["method"], ghost["sparsity"], ghost["multiple_of"], ghost["dtype"]) == ("ghost", 0.5, 8, dtype)
+    assert ghost["state_size"] == 64 and json.loads((out / "config.json").read_text())["state_size"] == 64
+    assert (out / "tokenizer.json").read_bytes() == NEOX.read_bytes()
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_slice("backbone.layers.1.mixer.in_proj.weight").get_dtype() == st_dtype
