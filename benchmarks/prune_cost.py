@@ -81,16 +81,13 @@ def per_token_work(hf: dict) -> tuple[float, float]:
 
 def fit(rows: list[dict]) -> tuple[tuple[float, float], list[float], float]:
     """t = layers · tokens · (a · scan + b · matmul): two-parameter least squares through the origin."""
-    feats = [[r["layers"] * r["tokens"] * w for w in (r["scan_work"], r["matmul_macs"])] for r in rows]
+    import torch
+
+    X = torch.tensor([[r["layers"] * r["tokens"] * w for w in (r["scan_work"], r["matmul_macs"])] for r in rows],
+                     dtype=torch.float64)
     ys = [r["calibration_s"] for r in rows]
-    s11 = sum(f[0] * f[0] for f in feats)
-    s12 = sum(f[0] * f[1] for f in feats)
-    s22 = sum(f[1] * f[1] for f in feats)
-    t1 = sum(f[0] * y for f, y in zip(feats, ys))
-    t2 = sum(f[1] * y for f, y in zip(feats, ys))
-    det = s11 * s22 - s12 * s12
-    a, b = (t1 * s22 - t2 * s12) / det, (s11 * t2 - s12 * t1) / det
-    pred = [a * f[0] + b * f[1] for f in feats]
+    a, b = torch.linalg.lstsq(X, torch.tensor(ys, dtype=torch.float64)[:, None]).solution.flatten().tolist()
+    pred = (X @ torch.tensor([a, b], dtype=torch.float64)).tolist()
     mean = sum(ys) / len(ys)
     r2 = 1 - sum((y - q) ** 2 for y, q in zip(ys, pred)) / sum((y - mean) ** 2 for y in ys)
     return (a, b), pred, r2
@@ -104,7 +101,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["model"] for r in rows):
-        pts = [r for r in rows if r["model"] == name and r.get("layout", "mamba_ssm") == "mamba_ssm"]
+        pts = [r for r in rows if r["model"] == name and r["layout"] == "mamba_ssm"]
         xs = [r["layers"] * r["tokens"] / 1e3 for r in pts]
         line = ax.plot(xs, [r["calibration_s"] for r in pts], "o", label=f"{name}-shaped (measured)")[0]
         ax.plot([0, max(xs)], [0, max(r["fit_s"] for r in pts)], "--", lw=1, color=line.get_color(),
@@ -132,7 +129,7 @@ def main() -> None:
     prev = json.loads(res_path.read_text()) if res_path.exists() else {}
     rows = prev.get("rows", [])
     base = prev.get("baseline_rss_bytes") or baseline_rss()
-    done = {(r["model"], r.get("layout", "mamba_ssm"), r["nsamples"], r["seq_len"]) for r in rows}
+    done = {(r["model"], r["layout"], r["nsamples"], r["seq_len"]) for r in rows}
     for name in [] if args.report_only else args.models.split(","):
         cfg = mamba_ssm_config(name)
         hf = hf_config_from_mamba_ssm(cfg)
@@ -160,9 +157,6 @@ def main() -> None:
 
 
 def report(rows: list[dict], base: int, res_path: Path) -> None:
-    for r in rows:  # rows measured before these fields existed
-        r["scan_work"], r["matmul_macs"] = per_token_work(hf_config_from_mamba_ssm(mamba_ssm_config(r["model"])))
-        r.setdefault("layout", "mamba_ssm")
     (a, b), pred, r2 = fit(rows)
     for r, q in zip(rows, pred):
         r["fit_s"] = q
@@ -171,10 +165,10 @@ def report(rows: list[dict], base: int, res_path: Path) -> None:
         r["rss_above_baseline_bytes"] = r["peak_rss_bytes"] - base
         r["rss_within_bound"] = r["rss_above_baseline_bytes"] <= r["rss_bound_bytes"]
     big = max(rows, key=lambda r: r["fp32_bytes"])
-    held = max(r["rss_above_baseline_bytes"] / r["fp32_bytes"] for r in rows if r["model"] == big["model"])
     held_layout = {lay: max(r["rss_above_baseline_bytes"] / r["fp32_bytes"] for r in rows
                             if r["model"] == big["model"] and r["layout"] == lay)
                    for lay in dict.fromkeys(r["layout"] for r in rows if r["model"] == big["model"])}
+    held = max(held_layout.values())
     extrap = {}
     for name in ("mamba2-1.3b", "mamba2-2.7b"):
         hf = hf_config_from_mamba_ssm(mamba_ssm_config(name))

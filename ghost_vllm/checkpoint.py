@@ -63,10 +63,10 @@ def _is_hub_id(path: str) -> bool:
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES]
+_HUB_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES)
 
 
-def _hub_snapshot(repo_id: str, patterns: Sequence[str] = tuple(_HUB_PATTERNS), flag: str = "--model",
+def _hub_snapshot(repo_id: str, patterns: Sequence[str] = _HUB_PATTERNS, flag: str = "--model",
                   what: str = "model directory") -> Path:
     """A Hub id (``state-spaces/mamba2-130m``) that is not a local directory: the local Hugging Face cache's snapshot,
     downloaded first unless ``HF_HUB_OFFLINE=1``. Only ``patterns`` are fetched (config, weights and tokenizer files
@@ -251,7 +251,9 @@ def load_tokenizer(model_dir: Path, override: Optional[str] = None):
             return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
     except Exception as e:
         raise ModelError(f"{where}: tokenizer could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    raise ModelError(f"{where}: no tokenizer (tokenizer.json); pass one with --tokenizer PATH")
+    raise ModelError(f"{where}: no tokenizer (tokenizer.json); pass --tokenizer with a tokenizer.json, a directory or a "
+                     f"Hub id (the state-spaces mamba2 checkpoints ship none; theirs is EleutherAI/gpt-neox-20b, "
+                     f"e.g. ../shared/data/tokenizers/gpt-neox-20b.json)")
 
 
 def read_ghost_json(model_dir: Path) -> dict[str, Any]:

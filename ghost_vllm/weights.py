@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -57,10 +58,7 @@ def read_safetensors(path: Path, dtype: Optional[torch.dtype] = None) -> dict[st
                 raise ModelError(f"{path}: tensor {name} has unsupported dtype {meta.get('dtype')!r}")
             lo, hi = (int(x) for x in meta["data_offsets"])
             shape = [int(x) for x in meta["shape"]]
-            count = 1
-            for s in shape:
-                count *= s
-            if hi - lo != count * torch.empty((), dtype=st_dtype).element_size() or base + hi > size:
+            if hi - lo != math.prod(shape) * st_dtype.itemsize or base + hi > size:
                 raise ModelError(f"{path}: tensor {name} does not fit its header (truncated or corrupt file); "
                                  f"re-download or re-export it")
             buf = bytearray(hi - lo)

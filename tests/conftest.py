@@ -44,13 +44,3 @@ def calib_text(tmp_path_factory) -> Path:
     p.write_text(CALIBRATION_TEXT.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     return p
 
-
-def write_malicious_pickle(path: Path, key: str, marker: Path) -> None:
-    """A torch checkpoint whose unpickling would run `touch marker` (for refusal tests)."""
-    import os
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({key: Payload()}, path)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from ghost_vllm.cli import main as cli
-from tests.conftest import write_malicious_pickle
 from ghost_vllm.errors import ModelError
 from ghost_vllm.mamba.ssm_layout import (
     REAL_CONFIGS,
@@ -22,6 +21,7 @@ from ghost_vllm.mamba.ssm_layout import (
     mamba_ssm_config,
     save_random_mamba_ssm_checkpoint,
 )
+from tests.helpers.pickles import write_malicious_pickle
 
 
 def reference_logits(sd: dict, cfg: dict, ids: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_hybrid_and_unsupported_configs_are_refused():
         hf_config_from_mamba_ssm(mamba_ssm_config(ssm_cfg={"layer": "Mamba1"}))
 
 
-def test_prune_accepts_the_mamba_ssm_layout(tmp_path):
+def test_prune_accepts_the_mamba_ssm_layout(tmp_path, capsys):
     from ghost_vllm.mamba.tiny import tiny_tokenizer
     from ghost_vllm.reference import CALIBRATION_TEXT
 
@@ -123,6 +123,8 @@ def test_prune_accepts_the_mamba_ssm_layout(tmp_path):
     base = ["prune", "--model", str(src), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4", "--seq-len", "16",
             "--out", str(out), "--no-progress"]
     assert cli(base) == 2 and not out.exists()  # no tokenizer in a state-spaces directory: a clear error
+    err = capsys.readouterr().err
+    assert "no tokenizer" in err and "--tokenizer" in err
     assert cli([*base, "--tokenizer", str(tok_file / "tokenizer.json")]) == 0
     ghost = json.loads((out / "ghost.json").read_text())
     assert ghost["state_size_original"] == 16 and ghost["state_size"] == 8

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import write_malicious_pickle
+from tests.helpers.pickles import write_malicious_pickle
 from tests.reliability_counts import record
 
 ROOT = Path(__file__).resolve().parents[1]

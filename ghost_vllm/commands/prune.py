@@ -21,7 +21,7 @@ from ghost_vllm.checkpoint import (
     validate_model_dir,
     write_checkpoint,
 )
-from ghost_vllm.errors import ModelError, OutputError
+from ghost_vllm.errors import OutputError
 from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
 from ghost_vllm.pipeline import PruneReport, prune_model
 from ghost_vllm.recipe import Recipe
@@ -81,9 +81,6 @@ def run_prune(recipe: Recipe, device: str = "cpu", progress: bool = True) -> Pru
     source_dir = resolve_model_path(recipe.model.path)
     if is_mamba_ssm_dir(source_dir):  # state-spaces layout: read straight into the HF module, no converted copy
         cfg = hf_config_from_mamba_ssm(read_config(source_dir))
-        if not recipe.model.tokenizer and not (source_dir / "tokenizer.json").is_file():
-            raise ModelError(f"{source_dir}: mamba_ssm checkpoints ship no tokenizer; pass --tokenizer "
-                             f"(e.g. ../shared/data/tokenizers/gpt-neox-20b.json)")
         return _prune(recipe, source_dir, cfg, device, progress, mamba_ssm=True)
     return _prune(recipe, source_dir, validate_model_dir(source_dir), device, progress, mamba_ssm=False)
 

@@ -106,18 +106,24 @@ def _hf_names(sd: dict[str, torch.Tensor], hf: dict[str, Any], where: Path) -> d
     return out
 
 
+def _mamba2_config(src: Path):
+    """The HF config dict and transformers ``Mamba2Config`` of a mamba_ssm directory."""
+    from transformers import Mamba2Config
+
+    hf = hf_config_from_mamba_ssm(json.loads((src / "config.json").read_text(encoding="utf-8")))
+    return hf, Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"])
+
+
 def load_mamba_ssm_model(src: Path, dtype: str = "auto", device: str = "cpu"):
     """A ``Mamba2ForCausalLM`` built straight from a mamba_ssm directory: the weights are read once and assigned to
     the module (built on the meta device) without a second copy and without a temporary HF directory; ``dtype``
     converts one tensor at a time (``auto`` keeps the stored one)."""
-    from transformers import Mamba2Config
-
     from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2
 
-    hf = hf_config_from_mamba_ssm(json.loads((src / "config.json").read_text(encoding="utf-8")))
+    hf, config = _mamba2_config(src)
     sd = _hf_names(load_mamba_ssm_state_dict(src, None if dtype == "auto" else TORCH_DTYPES[dtype]), hf, src)
     torch_dtype = sd["backbone.embeddings.weight"].dtype if dtype == "auto" else TORCH_DTYPES[dtype]
-    return assemble_mamba2(Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"]), sd, torch_dtype, device, src)
+    return assemble_mamba2(config, sd, torch_dtype, device, src)
 
 
 def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) -> Path:
@@ -125,12 +131,11 @@ def convert_mamba_ssm_dir(src: Path, dst: Path, tokenizer: str | None = None) ->
     import shutil
 
     from safetensors.torch import save_file
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers import Mamba2ForCausalLM
 
     from ghost_vllm.weights import check_mamba2_weights
 
-    hf = hf_config_from_mamba_ssm(json.loads((src / "config.json").read_text(encoding="utf-8")))
-    config = Mamba2Config(**hf, architectures=["Mamba2ForCausalLM"])
+    hf, config = _mamba2_config(src)
     sd = _hf_names(load_mamba_ssm_state_dict(src), hf, src)
     with torch.device("meta"):
         check_mamba2_weights(Mamba2ForCausalLM(config), sd, src)
