@@ -142,8 +142,8 @@ def weight_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return shapes
 
 
-def _expected_mixer_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    H, P, G, N = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"], cfg["state_size"]
+def _expected_mixer_shapes(cfg: dict[str, Any], N: int) -> dict[str, tuple[int, ...]]:
+    H, P, G = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"]
     hid, K = cfg["hidden_size"], cfg.get("conv_kernel", 4)
     I = H * P
     return {
@@ -175,10 +175,12 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
             f"{model_dir}/config.json: num_heads·head_dim = {cfg['num_heads'] * cfg['head_dim']} but "
             f"expand·hidden_size = {int(expand * cfg['hidden_size'])}; the config is inconsistent"
         )
+    from ghost_vllm.mamba.budgets import config_state_sizes
+
+    sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
     shapes = weight_shapes(model_dir)
-    expected = _expected_mixer_shapes(cfg)
-    for i in range(cfg["num_hidden_layers"]):
-        for suffix, shape in expected.items():
+    for i, n in enumerate(sizes):
+        for suffix, shape in _expected_mixer_shapes(cfg, n).items():
             name = f"backbone.layers.{i}.mixer.{suffix}"
             if name not in shapes:
                 raise ModelError(f"{model_dir}: tensor {name} is missing from the safetensors files")
@@ -214,7 +216,9 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
 
     from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors
 
-    validate_model_dir(model_dir)
+    from ghost_vllm.mamba.budgets import config_state_sizes
+
+    sizes = config_state_sizes(validate_model_dir(model_dir))
     target = None if dtype == "auto" else TORCH_DTYPES[dtype]
     sd: dict[str, torch.Tensor] = {}
     for f in _safetensors_files(model_dir):
@@ -223,7 +227,7 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
     if target is None:  # auto: the config's dtype, as from_pretrained does, else the stored one
         stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
         target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
-    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False)
+    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes)
 
 
 def resolve_tokenizer_path(override: str) -> Path:

@@ -16,6 +16,18 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("ghost_vllm")
 
 
+def _int_list(text: str | None) -> list[int] | None:
+    from ghost_vllm.errors import RecipeError
+
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise RecipeError(f"--state-sizes: {text!r} is not a comma-separated list of integers; give one size per "
+                          f"layer, e.g. 32,64,96,128") from None
+
+
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="calibrate, score, truncate and write a reduced checkpoint")
     p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
@@ -23,6 +35,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
     p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
     p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")
+    p.add_argument("--allocation", help="uniform (same N' in every layer) | adaptive (per-layer N'_l at the same bytes)")
+    p.add_argument("--state-sizes", help="explicit per-layer N'_l, e.g. 32,64,96,128 (one per layer)")
+    p.add_argument("--min-state-size", type=int, help="adaptive: smallest N'_l a layer may get (default multiple-of)")
     p.add_argument("--calibration", help="text/JSONL file, directory, 'reference' or 'wikitext2'")
     p.add_argument("--nsamples", type=int, help="calibration windows (paper: 128)")
     p.add_argument("--seq-len", type=int, help="tokens per calibration window (paper: 128)")
@@ -140,6 +155,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "model.path": args.model, "model.tokenizer": args.tokenizer, "model.dtype": args.dtype,
         "model.device": args.device, "selection.method": args.method, "selection.sparsity": args.sparsity,
         "selection.multiple_of": args.multiple_of, "selection.seed": args.seed, "calibration.source": args.calibration,
+        "selection.allocation": args.allocation, "selection.state_sizes": _int_list(args.state_sizes),
+        "selection.min_state_size": args.min_state_size,
         "calibration.nsamples": args.nsamples, "calibration.seq_len": args.seq_len,
         "calibration.batch_size": args.batch_size, "calibration.seed": args.seed, "output.dir": args.out,
         "output.overwrite": args.overwrite,

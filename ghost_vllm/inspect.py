@@ -43,7 +43,7 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
     n_orig = int(ghost["state_size_original"]) if ghost else int(cfg["state_size"])
-    pruned = state_size_of(cfg, state_size=int(cfg["state_size"]), dtype=dtype)
+    pruned = state_size_of(cfg, dtype=dtype, state_sizes=per_layer)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype)
     return {
         "model": str(model_dir),
@@ -54,6 +54,8 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
         "state_size": int(cfg["state_size"]),
         "state_size_original": n_orig,
         "state_size_per_layer": per_layer,
+        "bytes_per_layer": list(pruned.layer_bytes),
+        "allocation": ghost.get("allocation", "uniform") if ghost else None,
         "method": ghost.get("method") if ghost else None,
         "sparsity": ghost.get("sparsity") if ghost else None,
         "bytes_per_sequence": pruned.bytes_per_sequence,
@@ -71,7 +73,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"layers           {info['layers']}, n_groups {info['n_groups']}",
         f"state_size N     {info['state_size_original']} → {info['state_size']}"
         + (f"  ({info['method']}, κ={info['sparsity']})" if info["method"] else ""),
-        f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}",
+        f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}"
+        + (f"  ({info['allocation']} allocation)" if info.get("allocation") else ""),
+        f"bytes per layer  {' '.join(f'{b:,}' for b in info['bytes_per_layer'])}",
         f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
         f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB)",
         f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ghost_vllm.mamba.budgets import LAYER_STATE_SIZES_KEY, is_uniform
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
 from ghost_vllm.scoring import NEEDS_BACKWARD, NEEDS_STATE_STATS, SCORERS, LayerStats
@@ -20,7 +21,8 @@ from ghost_vllm.stats.accumulators import ChannelMoments, StateChannelAccumulato
 from ghost_vllm.stats.capture import masked_mixers
 from ghost_vllm.surgery import prune_mixer
 
-__all__ = ["LayerReport", "PruneReport", "layer_moments", "taylor_mask_grads", "prune_model"]
+__all__ = ["LayerReport", "PruneReport", "MaskGradients", "layer_moments", "mask_gradients", "taylor_mask_grads",
+           "prune_model"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,12 @@ class PruneReport:
     method: str
     sparsity: float
     state_size_original: int
-    state_size: int
+    state_size: int  # the largest N'_l
     layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def state_sizes(self) -> list[int]:
+        return [layer.state_size for layer in self.layers]
     calibration_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
 
@@ -83,35 +89,52 @@ def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progr
     return acc.finalize()
 
 
-def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bool = True) -> list[torch.Tensor]:
-    """Σ over calibration batches of ∂(summed token NLL)/∂m for a per-channel mask m = 1 in every layer (one-shot,
-    dense model). Returns one ``[G, N]`` float64 tensor per layer."""
+@dataclass
+class MaskGradients:
+    """Per layer ``[G, N]`` float64: ``total`` = Σ_windows ∂NLL_w/∂m, ``fisher`` = Σ_windows (∂NLL_w/∂m)²."""
+
+    total: list[torch.Tensor]
+    fisher: list[torch.Tensor]
+
+
+def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool = True,
+                   desc: str = "mask gradients") -> MaskGradients:
+    """Gradients of each window's summed token NLL w.r.t. a per-window channel mask m = 1 (multiplying B and C) in
+    every layer of the dense model, one forward + backward per batch (the mask is ``[b, 1, G, N]``, so one backward
+    gives every window's own gradient)."""
     layout = InProjLayout.from_config(model.config)
     device = next(model.parameters()).device
-    masks = [
-        torch.ones(layout.n_groups, layout.state_size, device=device, requires_grad=True)
-        for _ in model.backbone.layers
-    ]
-    grads = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in masks]
+    L = len(model.backbone.layers)
+    total = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
+    fisher = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
     params = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        with masked_mixers(model, masks, chunked=True):
-            for batch in tqdm(tokens.split(batch_size), desc="taylor gradients", disable=not progress, leave=False):
-                batch = batch.to(device)
+        for batch in tqdm(tokens.split(batch_size), desc=desc, disable=not progress, leave=False):
+            batch = batch.to(device)
+            masks = [torch.ones(batch.shape[0], 1, layout.n_groups, layout.state_size, device=device,
+                                requires_grad=True) for _ in range(L)]
+            with masked_mixers(model, masks, chunked=True):
                 logits = model(batch, use_cache=False).logits.float()
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-                )
-                loss.backward()
-                for g, m in zip(grads, masks):
-                    g += m.grad.double().cpu()
-                    m.grad = None
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+            )
+            loss.backward()
+            for t, f, m in zip(total, fisher, masks):
+                g = m.grad.double().cpu()[:, 0]  # [b, G, N], one row per window
+                t += g.sum(0)
+                f += g.pow(2).sum(0)
     finally:
         for p, flag in zip(model.parameters(), params):
             p.requires_grad_(flag)
-    return grads
+    return MaskGradients(total, fisher)
+
+
+def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bool = True) -> list[torch.Tensor]:
+    """Σ over calibration windows of ∂(summed token NLL)/∂m for a per-channel mask m = 1 in every layer (one-shot,
+    dense model). Returns one ``[G, N]`` float64 tensor per layer."""
+    return mask_gradients(model, tokens, batch_size, progress, desc="taylor gradients").total
 
 
 # transformers' torch path materialises chunk-sized intermediates that grow with the batch (for 16 windows of
@@ -159,24 +182,29 @@ def prune_model(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    state_sizes: Optional[Sequence[int]] = None,
 ) -> PruneReport:
-    """Prune every layer of ``model`` in place to N' = kept_count(N, sparsity, multiple_of) state channels."""
+    """Prune every layer of ``model`` in place to N' = kept_count(N, sparsity, multiple_of) state channels, or layer l
+    to ``state_sizes[l]`` (per-layer budgets; ``sparsity`` is then only recorded)."""
     scorer = SCORERS[method]
     layout = InProjLayout.from_config(model.config)
-    n_keep = kept_count(layout.state_size, sparsity, multiple_of)
-    report = PruneReport(method, sparsity, layout.state_size, n_keep)
+    layers = model.backbone.layers
+    if state_sizes is None:
+        state_sizes = [kept_count(layout.state_size, sparsity, multiple_of)] * len(layers)
+    if len(state_sizes) != len(layers) or not all(1 <= n <= layout.state_size for n in state_sizes):
+        raise AssertionError(f"state sizes {list(state_sizes)} for {len(layers)} layers of N={layout.state_size}")
+    report = PruneReport(method, sparsity, layout.state_size, max(state_sizes))
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
 
     mask_grads = taylor_mask_grads(model, tokens, batch_size, progress) if method in NEEDS_BACKWARD else None
-    layers = model.backbone.layers
     batches = tokens.split(batch_size)
     with torch.no_grad():
         acts = [model.backbone.embeddings(b.to(device)) for b in batches]
         bar = tqdm(total=len(layers) * len(batches), desc=f"{method} layers", unit="batch", disable=not progress)
-        for idx, block in enumerate(layers):
+        for idx, (block, n_keep) in enumerate(zip(layers, state_sizes)):
             bar.set_postfix(layer=f"{idx + 1}/{len(layers)}")
             moments = layer_moments(block, layout, acts, bar) if method in NEEDS_STATE_STATS else None
             if moments is None:
@@ -191,10 +219,14 @@ def prune_model(
             acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block
             _release_free_heap()
         bar.close()
-    model.config.state_size = n_keep
+    model.config.state_size = max(state_sizes)
+    if is_uniform(state_sizes):
+        model.config.__dict__.pop(LAYER_STATE_SIZES_KEY, None)
+    else:
+        setattr(model.config, LAYER_STATE_SIZES_KEY, list(state_sizes))
     report.calibration_s = time.perf_counter() - t0
     if device.type == "cuda":
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    log.info("pruned %d layers: N %d → %d (%s, κ=%.3f) in %.1f s", len(layers), layout.state_size, n_keep, method,
-             sparsity, report.calibration_s)
+    log.info("pruned %d layers: N %d → %s (%s) in %.1f s", len(layers), layout.state_size,
+             state_sizes[0] if is_uniform(state_sizes) else list(state_sizes), method, report.calibration_s)
     return report

@@ -4,7 +4,8 @@ A recipe has four sections; every field has a default, so ``load_recipe(None)`` 
 
     model:       {path: reference, tokenizer: null, dtype: auto, device: auto}
     calibration: {source: reference, nsamples: 128, seq_len: 128, seed: 0, batch_size: 8}
-    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0}
+    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0, allocation: uniform, state_sizes: null,
+                  min_state_size: null}
     output:      {dir: null, overwrite: false}
 
 ``reference`` names the bundled reference model (as ``model.path``) and its held-out text (as ``calibration.source``).
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 METHODS = ("ghost", "ghost_unpaired", "magnitude", "random", "taylor")
+ALLOCATIONS = ("uniform", "adaptive")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -61,6 +63,9 @@ class SelectionSpec:
     sparsity: float = 0.5
     multiple_of: int = 1
     seed: int = 0
+    allocation: str = "uniform"  # uniform: N' in every layer; adaptive: per-layer N'_l at the uniform cut's bytes
+    state_sizes: Optional[list[int]] = None  # explicit N'_l per layer (sparsity and allocation then unused)
+    min_state_size: Optional[int] = None  # adaptive: smallest N'_l (default multiple_of)
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,11 @@ class Recipe:
         if self.output.dir:
             return Path(self.output.dir)
         name = "reference" if self.model.path == "reference" else Path(self.model.path.rstrip("/")).name
-        return Path(f"{name}-{self.selection.method}{round(100 * self.selection.sparsity)}")
+        s = self.selection
+        if s.state_sizes is not None:
+            return Path(f"{name}-{s.method}-layers")
+        suffix = "-adaptive" if s.allocation == "adaptive" else ""
+        return Path(f"{name}-{s.method}{round(100 * s.sparsity)}{suffix}")
 
 
 _SECTIONS = {"model": ModelSpec, "calibration": CalibrationSpec, "selection": SelectionSpec, "output": OutputSpec}
@@ -101,6 +110,8 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation == "str":
         return isinstance(value, str)
+    if annotation == "list[int]":
+        return isinstance(value, list) and bool(value) and all(_type_ok(v, "int") for v in value)
     raise AssertionError(annotation)
 
 
@@ -134,6 +145,7 @@ def _validate(r: Recipe, where: str) -> None:
         raise bad("selection.sparsity", s, "use a fraction in [0, 1), e.g. 0.5 removes half the state channels")
     if r.selection.multiple_of < 1:
         raise bad("selection.multiple_of", r.selection.multiple_of, "use a positive integer such as 8 (or 1: no rounding)")
+    _validate_budgets(r.selection, bad)
     if r.model.dtype not in DTYPES:
         raise bad("model.dtype", r.model.dtype, f"allowed: {', '.join(DTYPES)}")
     if r.model.device not in DEVICES:
@@ -150,6 +162,27 @@ def _validate(r: Recipe, where: str) -> None:
         raise bad("calibration.seq_len", r.calibration.seq_len, "use at least 2 tokens per window")
     if r.calibration.seed < 0 or r.selection.seed < 0:
         raise RecipeError(f"{where}seed: seeds must be non-negative integers")
+
+
+def _validate_budgets(s: SelectionSpec, bad) -> None:
+    """Per-layer budget keys, as far as they can be checked without the model (length and N come with it)."""
+    m = s.multiple_of
+    if s.allocation not in ALLOCATIONS:
+        raise bad("selection.allocation", s.allocation, f"allowed: {', '.join(ALLOCATIONS)}")
+    if s.state_sizes is not None:
+        if s.allocation == "adaptive":
+            raise RecipeError("selection.state_sizes: cannot be combined with selection.allocation: adaptive; give "
+                              "explicit per-layer sizes or let adaptive choose them, not both")
+        for i, n in enumerate(s.state_sizes):
+            if n < 1:
+                raise bad(f"selection.state_sizes[{i}]", n, "every per-layer state size must be at least 1")
+            if n % m:
+                raise bad(f"selection.state_sizes[{i}]", n, f"every per-layer state size must be a multiple of "
+                          f"selection.multiple_of ({m}); round it or lower multiple_of")
+    if s.min_state_size is not None:
+        if s.min_state_size < 1 or s.min_state_size % m:
+            raise bad("selection.min_state_size", s.min_state_size,
+                      f"use a positive multiple of selection.multiple_of ({m})")
 
 
 def build_recipe(raw: Any, overrides: Optional[dict[str, Any]] = None, where: str = "") -> Recipe:

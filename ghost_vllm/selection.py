@@ -6,7 +6,7 @@ import torch
 
 from ghost_vllm.errors import RecipeError
 
-__all__ = ["kept_count", "select_channels"]
+__all__ = ["kept_count", "check_state_sizes", "select_channels"]
 
 
 def kept_count(state_size: int, sparsity: float, multiple_of: int = 1) -> int:
@@ -25,6 +25,17 @@ def kept_count(state_size: int, sparsity: float, multiple_of: int = 1) -> int:
             f"selection.sparsity: {sparsity} leaves N' = 0 of {state_size} state channels; use a smaller sparsity"
         )
     return min(n, state_size)
+
+
+def check_state_sizes(sizes: list[int], state_size: int, num_layers: int) -> None:
+    """Explicit per-layer budgets against the model (the model-free checks are in the recipe)."""
+    if len(sizes) != num_layers:
+        raise RecipeError(f"selection.state_sizes: {len(sizes)} sizes given, the model has {num_layers} layers; give "
+                          f"one size per layer (e.g. --state-sizes {','.join([str(state_size // 2)] * num_layers)})")
+    for i, n in enumerate(sizes):
+        if n > state_size:
+            raise RecipeError(f"selection.state_sizes[{i}]: {n} is above the model's state_size {state_size}; a layer "
+                              f"can keep at most {state_size} channels")
 
 
 def select_channels(scores: torch.Tensor, n_keep: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from ghost_vllm.mamba.layout import InProjLayout
 
-__all__ = ["prune_mixer", "zero_channels"]
+__all__ = ["prune_mixer", "resize_mixer", "zero_channels"]
 
 
 def _check(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
@@ -22,33 +22,34 @@ def prune_mixer(mixer, layout: InProjLayout, keep: torch.Tensor) -> InProjLayout
         raise AssertionError(f"keep has {G} groups, the layer has {layout.n_groups}")
     _check("in_proj.weight", mixer.in_proj.weight, (layout.in_proj_rows, layout.hidden_size))
     _check("conv1d.weight", mixer.conv1d.weight, (layout.conv_dim, 1, layout.conv_kernel))
-    new = layout.with_state_size(n_keep)
     rows = layout.in_proj_keep_rows(keep).to(mixer.in_proj.weight.device)
     chans = layout.conv_keep_channels(keep).to(mixer.conv1d.weight.device)
-
+    old_in, old_conv = mixer.in_proj, mixer.conv1d
+    new = resize_mixer(mixer, layout, n_keep)
     with torch.no_grad():
-        in_proj = torch.nn.Linear(
-            layout.hidden_size, new.in_proj_rows, bias=mixer.in_proj.bias is not None,
-            device=mixer.in_proj.weight.device, dtype=mixer.in_proj.weight.dtype,
-        )
-        in_proj.weight.copy_(mixer.in_proj.weight[rows])
-        if mixer.in_proj.bias is not None:
-            in_proj.bias.copy_(mixer.in_proj.bias[rows])
-        old_conv = mixer.conv1d
-        conv = torch.nn.Conv1d(
-            new.conv_dim, new.conv_dim, kernel_size=layout.conv_kernel, groups=new.conv_dim,
-            padding=layout.conv_kernel - 1, bias=old_conv.bias is not None,
-            device=old_conv.weight.device, dtype=old_conv.weight.dtype,
-        )
-        conv.weight.copy_(old_conv.weight[chans])
+        mixer.in_proj.weight.copy_(old_in.weight[rows])
+        if old_in.bias is not None:
+            mixer.in_proj.bias.copy_(old_in.bias[rows])
+        mixer.conv1d.weight.copy_(old_conv.weight[chans])
         if old_conv.bias is not None:
-            conv.bias.copy_(old_conv.bias[chans])
-    mixer.in_proj = in_proj
-    mixer.conv1d = conv
-    mixer.ssm_state_size = n_keep
+            mixer.conv1d.bias.copy_(old_conv.bias[chans])
+    return new
+
+
+def resize_mixer(mixer, layout: InProjLayout, n: int) -> InProjLayout:
+    """Give the mixer fresh (uninitialised) ``in_proj``/``conv1d`` modules for state size ``n`` on the same device and
+    dtype — the shapes of a pruned mixer, e.g. to load a per-layer checkpoint into a meta-device model."""
+    new = layout.with_state_size(n)
+    old_in, old_conv = mixer.in_proj, mixer.conv1d
+    mixer.in_proj = torch.nn.Linear(layout.hidden_size, new.in_proj_rows, bias=old_in.bias is not None,
+                                    device=old_in.weight.device, dtype=old_in.weight.dtype)
+    mixer.conv1d = torch.nn.Conv1d(new.conv_dim, new.conv_dim, kernel_size=layout.conv_kernel, groups=new.conv_dim,
+                                   padding=layout.conv_kernel - 1, bias=old_conv.bias is not None,
+                                   device=old_conv.weight.device, dtype=old_conv.weight.dtype)
+    mixer.ssm_state_size = n
     mixer.conv_dim = new.conv_dim
-    _check("in_proj.weight (pruned)", mixer.in_proj.weight, (new.in_proj_rows, new.hidden_size))
-    _check("conv1d.weight (pruned)", mixer.conv1d.weight, (new.conv_dim, 1, new.conv_kernel))
+    _check("in_proj.weight (resized)", mixer.in_proj.weight, (new.in_proj_rows, new.hidden_size))
+    _check("conv1d.weight (resized)", mixer.conv1d.weight, (new.conv_dim, 1, new.conv_kernel))
     return new
 
 

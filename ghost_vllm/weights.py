@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -95,9 +95,10 @@ def check_mamba2_weights(model, sd: dict[str, torch.Tensor], where: Path, strict
 
 
 def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtype, device: str, where: Path,
-                    strict_extra: bool = True):
+                    strict_extra: bool = True, state_sizes: Optional[Sequence[int]] = None):
     """``Mamba2ForCausalLM(config)`` owning the tensors of ``sd`` (HF names), checked key by key and shape by shape;
-    tied embeddings tied; group-wise gated norm patched in; NaN/Inf refused."""
+    mixers built at their per-layer ``state_sizes`` where given; tied embeddings tied; group-wise gated norm patched
+    in; NaN/Inf refused."""
     from transformers import Mamba2ForCausalLM
 
     from ghost_vllm.mamba.norm import patch_group_norm
@@ -106,6 +107,10 @@ def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtyp
     config.dtype = torch_dtype
     with torch.device("meta"):
         model = Mamba2ForCausalLM(config)
+        if state_sizes is not None:
+            from ghost_vllm.mamba.budgets import shrink_mixers
+
+            shrink_mixers(model, state_sizes)
     check_mamba2_weights(model, sd, where, strict_extra)
     for k in list(sd):  # one tensor at a time: never two full copies of the model
         if sd[k].dtype != torch_dtype or sd[k].device != torch.device(device):

@@ -7,6 +7,7 @@ import logging
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
@@ -21,11 +22,12 @@ from ghost_vllm.checkpoint import (
     validate_model_dir,
     write_checkpoint,
 )
-from ghost_vllm.errors import OutputError
+from ghost_vllm.errors import OutputError, RecipeError
 from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
+from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.pipeline import PruneReport, prune_model
 from ghost_vllm.recipe import Recipe
-from ghost_vllm.selection import kept_count
+from ghost_vllm.selection import check_state_sizes, kept_count
 from ghost_vllm.state import state_size_of
 
 __all__ = ["PruneOutcome", "run_prune", "ghost_json"]
@@ -40,8 +42,10 @@ class PruneOutcome:
 
     def summary(self) -> str:
         g = self.ghost
+        sizes = g["state_sizes"]
+        n = str(sizes[0]) if len(set(sizes)) == 1 else f"[{', '.join(map(str, sizes))}] ({g['allocation']})"
         return (
-            f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']}, N {g['state_size_original']} → {g['state_size']} "
+            f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']:.4g}, N {g['state_size_original']} → {n} "
             f"in {g['num_hidden_layers']} layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
             f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); calibration "
             f"{g['timings']['calibration_s']:.1f} s"
@@ -49,9 +53,10 @@ class PruneOutcome:
 
 
 def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict, model_dir: Path, digest: str,
-               dtype: str) -> dict:
+               dtype: str, allocation: Optional[Allocation] = None) -> dict:
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
-    new = state_size_of(cfg, state_size=report.state_size, dtype=dtype)
+    new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
+    kind = "explicit" if recipe.selection.state_sizes is not None else recipe.selection.allocation
     return {
         "format_version": 1,
         "package": "ghost_vllm",
@@ -62,6 +67,9 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
         "seed": recipe.selection.seed,
         "state_size_original": report.state_size_original,
         "state_size": report.state_size,
+        "allocation": kind,
+        "state_sizes": report.state_sizes,
+        "state_bytes_per_layer": list(new.layer_bytes),
         "n_groups": cfg["n_groups"],
         "num_hidden_layers": cfg["num_hidden_layers"],
         "state_bytes_per_sequence_original": orig.bytes_per_sequence,
@@ -72,7 +80,10 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
         "calibration": calib_spec,
         "source": {"path": str(model_dir.resolve()), "sha256": digest},
         "recipe": recipe.to_dict(),
-        "timings": {"calibration_s": report.calibration_s, "peak_memory_bytes": report.peak_memory_bytes,
+        **({"adaptive": allocation.to_dict()} if allocation is not None else {}),
+        "timings": {"calibration_s": report.calibration_s,
+                    "allocation_s": allocation.seconds if allocation is not None else 0.0,
+                    "peak_memory_bytes": report.peak_memory_bytes,
                     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
     }
 
@@ -98,7 +109,17 @@ def _check_target(recipe: Recipe, model_dir: Path) -> Path:
 def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bool, mamba_ssm: bool) -> PruneOutcome:
     # cheap checks first: model config/shapes, output target, sparsity vs N, calibration text
     target = _check_target(recipe, model_dir)
-    kept_count(int(cfg["state_size"]), recipe.selection.sparsity, recipe.selection.multiple_of)
+    sel = recipe.selection
+    N, L = int(cfg["state_size"]), int(cfg["num_hidden_layers"])
+    if cfg.get("layer_state_sizes") is not None:
+        raise RecipeError(f"{model_dir}: already has per-layer state sizes; prune the original dense model instead")
+    uniform_n = kept_count(N, sel.sparsity, sel.multiple_of)
+    min_n = sel.min_state_size if sel.min_state_size is not None else sel.multiple_of
+    if sel.state_sizes is not None:
+        check_state_sizes(sel.state_sizes, N, L)
+    elif sel.allocation == "adaptive" and min_n > uniform_n:
+        raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
+                          f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
     texts = load_texts(recipe.calibration.source)
     tok_path = str(resolve_tokenizer_path(recipe.model.tokenizer)) if recipe.model.tokenizer else None
     tokenizer = load_tokenizer(model_dir, tok_path)
@@ -113,9 +134,15 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
     else:
         model = load_model(model_dir, recipe.model.dtype, device)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    report = prune_model(model, calib.tokens, recipe.selection.method, recipe.selection.sparsity,
-                         recipe.selection.multiple_of, recipe.selection.seed, c.batch_size, progress)
-    ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype)
+    allocation = None
+    sizes = sel.state_sizes
+    if sizes is None and sel.allocation == "adaptive":
+        allocation = adaptive_state_sizes(model, calib.tokens, c.batch_size, uniform_n, sel.multiple_of, min_n, progress)
+        sizes = allocation.state_sizes
+    sparsity = sel.sparsity if sel.state_sizes is None else 1.0 - sum(sizes) / (L * N)
+    report = prune_model(model, calib.tokens, sel.method, sparsity, sel.multiple_of, sel.seed, c.batch_size, progress,
+                         state_sizes=sizes)
+    ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype, allocation)
     write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
                      tokenizer_override=tok_path)
     return PruneOutcome(target, ghost)

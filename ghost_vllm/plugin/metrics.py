@@ -49,13 +49,16 @@ def _metrics() -> SimpleNamespace:
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
-def state_bytes(hf_config: Any, state_size: int, conv_dtype: str, ssm_dtype: str) -> int:
-    """Per sequence, all layers — the same arithmetic as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``."""
+def state_bytes(hf_config: Any, state_size: Optional[int], conv_dtype: str, ssm_dtype: str) -> int:
+    """Per sequence, all layers — the same arithmetic as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``;
+    ``state_size=None`` prices the checkpoint's own (possibly per-layer) sizes."""
+    from ghost_vllm.mamba.budgets import config_state_sizes
     from ghost_vllm.state import state_size_of
 
     cfg = {k: getattr(hf_config, k) for k in ("hidden_size", "num_heads", "head_dim", "n_groups", "num_hidden_layers")}
     cfg["conv_kernel"] = getattr(hf_config, "conv_kernel", 4)
-    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype)
+    sizes = config_state_sizes(hf_config) if state_size is None else None
+    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype, state_sizes=sizes)
     return s.bytes_per_sequence
 
 
@@ -82,7 +85,7 @@ class GhostStatLogger(StatLoggerBase):
         self.info = self._read_ghost(model_config.model, hf)
         conv_dtype, ssm_dtype = self._cache_dtypes()
         n, n0 = int(hf.state_size), int(self.info.get("state_size_original", hf.state_size))
-        self.pruned_bytes = state_bytes(hf, n, conv_dtype, ssm_dtype)
+        self.pruned_bytes = state_bytes(hf, None, conv_dtype, ssm_dtype)  # per-layer sizes where the checkpoint has them
         self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype)
         label = {"model_name": self.model_name}
         self.m.state_size.labels(variant="original", **label).set(n0)

@@ -1,9 +1,16 @@
-"""``GhostMamba2ForCausalLM``: the stock vLLM Mamba2 with the checkpoint validated before anything is allocated.
+"""``GhostMamba2ForCausalLM``: the stock vLLM Mamba2 with the checkpoint validated before anything is allocated, and
+each layer built with its own state size when the checkpoint has per-layer budgets (``layer_state_sizes``).
 
 vLLM sizes the SSM cache from ``hf_config.state_size`` (N' in a ghost checkpoint) through the stock mixer, so the
 engine's state slots grow by the byte ratio without further changes. The validation matters because vLLM's fused
 loaders slice the in_proj/conv1d tensors with ``narrow``: a checkpoint whose weights are *larger* than its config says
 would load silently with misaligned x/B/C/dt rows and produce garbage.
+
+Per-layer budgets: the stock model builds every layer at ``state_size`` (the largest N'_l); layers with a smaller
+N'_l are rebuilt at their own size (their mixers re-registered under the same layer name), and every mixer reports a
+:class:`~ghost_vllm.plugin.spec.GhostMambaSpec` so that the engine allocates Σ_l bytes(N'_l) per sequence. The vLLM
+patch this needs is applied here, in the worker, and only for such a checkpoint; a uniform checkpoint is served by
+the stock classes exactly as before.
 """
 
 from __future__ import annotations
@@ -12,12 +19,17 @@ import logging
 import os
 from pathlib import Path
 
+import copy
+
+from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.models.config import MambaModelConfig
-from vllm.model_executor.models.mamba2 import Mamba2ForCausalLM
+from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausalLM
+
+from ghost_vllm.mamba.budgets import config_state_sizes, is_uniform
 
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
-__all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig"]
+__all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +53,48 @@ class GhostMambaModelConfig(MambaModelConfig):
         super().verify_and_update_config(vllm_config)
 
 
+class GhostMambaMixer2(MambaMixer2):
+    """The stock mixer reporting a :class:`GhostMambaSpec` (per-layer page size; see ``ghost_vllm.plugin.spec``)."""
+
+    def get_kv_cache_spec(self, vllm_config):
+        from ghost_vllm.plugin.spec import ghost_spec
+
+        spec = super().get_kv_cache_spec(vllm_config)
+        return ghost_spec(spec) if spec is not None else None
+
+
 class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
-    """Stock Mamba2 for a ghost checkpoint (``config.state_size`` = N')."""
+    """Stock Mamba2 for a ghost checkpoint (``config.state_size`` = N', or per layer ``layer_state_sizes``)."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         _check(vllm_config.model_config.model)  # again in the worker: the config map may have been bypassed
+        sizes = config_state_sizes(vllm_config.model_config.hf_config)
+        if not is_uniform(sizes):
+            from ghost_vllm_patches import PATCHES, apply_patch
+
+            apply_patch(PATCHES["ssu-backend-uniform-type"])  # before any layer is built: refuse early
         super().__init__(vllm_config=vllm_config, prefix=prefix)
+        if not is_uniform(sizes):
+            self._build_per_layer(vllm_config, sizes)
+
+    def _build_per_layer(self, vllm_config, sizes: list[int]) -> None:
+        hf = vllm_config.model_config.hf_config
+        registry = vllm_config.compilation_config.static_forward_context
+        layers = self.backbone.layers
+        for i, n in enumerate(sizes):
+            layer = layers[i]
+            if not isinstance(layer, Mamba2DecoderLayer):
+                continue  # another pipeline stage's layer
+            if n != int(hf.state_size):
+                name = layer.mixer.prefix
+                del registry[name]  # the stock layer registered itself; its replacement takes the same name
+                layer_config = copy.copy(hf)
+                layer_config.state_size = n
+                layer = Mamba2DecoderLayer(layer_config, model_config=vllm_config.model_config,
+                                           cache_config=vllm_config.cache_config, quant_config=vllm_config.quant_config,
+                                           prefix=name.rsplit(".", 1)[0])
+                layers[i] = layer
+            # a subclass that adds no state, only the per-layer cache spec
+            layer.mixer.__class__ = GhostMambaMixer2
+        log.info("ghost checkpoint with per-layer state sizes %s: %d layers rebuilt", sizes,
+                 sum(n != int(hf.state_size) for n in sizes))

@@ -19,25 +19,31 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
         cfg = validate_model_dir(model_dir)
     except ModelError as e:
         raise CheckpointError(f"ghost checkpoint rejected: {e}") from None
+    from ghost_vllm.mamba.budgets import config_state_sizes
+
     ghost = read_ghost_json(model_dir)
     n_cfg = int(cfg["state_size"])
+    sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
     n_ghost = ghost.get("state_size")
     if n_ghost != n_cfg:
         raise CheckpointError(
             f"{model_dir}: ghost.json says state_size {n_ghost} but config.json says {n_cfg}; the checkpoint was "
             f"edited or mixed — re-run 'ghost-vllm prune'"
         )
+    if ghost.get("state_sizes", sizes) != sizes:
+        raise CheckpointError(f"{model_dir}: ghost.json says per-layer state sizes {ghost.get('state_sizes')} but "
+                              f"config.json says {sizes}; the checkpoint was edited or mixed — re-run 'ghost-vllm prune'")
     per_layer = layer_state_sizes(model_dir, cfg)
-    for i, n in enumerate(per_layer):
-        if n != n_cfg:
-            raise CheckpointError(f"{model_dir}: layer {i} has {n} state channels in its weights, config.json says {n_cfg}")
+    for i, (n, want) in enumerate(zip(per_layer, sizes)):
+        if n != want:
+            raise CheckpointError(f"{model_dir}: layer {i} has {n} state channels in its weights, config.json says {want}")
     layers = ghost.get("layers")
     if not isinstance(layers, list) or len(layers) != cfg["num_hidden_layers"]:
         raise CheckpointError(f"{model_dir}: ghost.json lists {len(layers) if isinstance(layers, list) else 'no'} layers, "
                               f"the model has {cfg['num_hidden_layers']}")
-    for i, layer in enumerate(layers):
+    for i, (layer, want) in enumerate(zip(layers, sizes)):
         kept = layer.get("kept") if isinstance(layer, dict) else None
-        if not isinstance(kept, list) or len(kept) != cfg["n_groups"] or any(len(g) != n_cfg for g in kept):
-            raise CheckpointError(f"{model_dir}: ghost.json layer {i} does not keep {n_cfg} channels in each of "
+        if not isinstance(kept, list) or len(kept) != cfg["n_groups"] or any(len(g) != want for g in kept):
+            raise CheckpointError(f"{model_dir}: ghost.json layer {i} does not keep {want} channels in each of "
                                   f"{cfg['n_groups']} groups")
     return inspect_checkpoint(model_dir)

@@ -3,7 +3,9 @@
     python tests/helpers/vllm_jobs.py SPEC.json OUT.json
 
 SPEC: {"jobs": [{"model": DIR, "prompts": [[ids...], ...], "max_tokens": 8, "kv_cache_memory_bytes": N,
-                 "max_model_len": 512}]}
+                 "max_model_len": 512, "apply_patches": ["patch-name", ...]}]}
+("apply_patches" installs ghost_vllm_patches in this process first; run with VLLM_ENABLE_V1_MULTIPROCESSING=0 so
+the engine runs in this process too.)
 OUT:  {"results": [{"model": DIR, "tokens": [[ids...]], "num_gpu_blocks": N, "error": null | "Type: message"}]}
 """
 
@@ -18,6 +20,11 @@ def run_job(job: dict) -> dict:
     from vllm import LLM, SamplingParams
 
     out = {"model": job["model"], "tokens": None, "num_gpu_blocks": None, "error": None}
+    if job.get("apply_patches"):
+        from ghost_vllm_patches import PATCHES, apply_patch
+
+        for name in job["apply_patches"]:
+            apply_patch(PATCHES[name])
     try:
         llm = LLM(
             model=job["model"],

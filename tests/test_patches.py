@@ -1,0 +1,51 @@
+"""The vLLM patch registry: version guard, source guard, idempotence, and the packaging that installs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_guard_refuses_other_vllm_versions():
+    from ghost_vllm_patches import PATCHES, PatchError, apply_patch
+
+    patch = PATCHES["ssu-backend-uniform-type"]
+    for fake in ("0.33.0", "0.31.2+cpu", "unknown"):
+        with pytest.raises(PatchError, match=f"written for vLLM 0.32.0, the installed vLLM is {fake.replace('+', '.')}"):
+            apply_patch(patch, version=fake)
+
+
+def test_source_guard_refuses_changed_upstream_code():
+    from ghost_vllm_patches import PATCHES, PatchError, apply_patch
+
+    changed = dataclasses.replace(PATCHES["ssu-backend-uniform-type"], target_sha256="0" * 64)
+    with pytest.raises(PatchError, match="is not the code the patch was written for"):
+        apply_patch(changed, version="0.32.0+cpu")
+
+
+def test_pinned_vllm_matches_and_install_is_idempotent():
+    from vllm.model_executor.layers.mamba.ops import ssu_dispatch
+
+    from ghost_vllm_patches import PATCHES, apply_patch, installed_vllm_version, source_sha256
+
+    patch = PATCHES["ssu-backend-uniform-type"]
+    assert installed_vllm_version().split("+")[0] in patch.vllm_versions
+    assert source_sha256(patch.target) == patch.target_sha256
+    apply_patch(patch)
+    first = ssu_dispatch.initialize_mamba_ssu_backend
+    apply_patch(patch)
+    assert ssu_dispatch.initialize_mamba_ssu_backend is first
+    assert source_sha256(patch.target) == patch.target_sha256  # the original is still what is hashed
+
+
+def test_every_subpackage_is_packaged():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ghost_vllm").rglob("__init__.py")}
+    assert found | {"ghost_vllm_patches"} == listed
+    assert cfg["package-dir"]["ghost_vllm_patches"] == "patches"
