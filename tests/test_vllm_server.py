@@ -70,3 +70,35 @@ def test_openai_client_and_ghost_metrics(tmp_path):
                  "ghost:generation_throughput_tokens_per_second"):
         assert f"{{{label}}}" in _samples(text, name), name
     assert "# TYPE ghost:generation_tokens_total counter" in text or "# TYPE ghost:generation_tokens counter" in text
+
+
+def test_vllm_serve_console_script_with_a_per_layer_checkpoint(tmp_path):
+    """`vllm serve DIR` — vLLM's own console script, with the CPU wheel (the set-up's metadata alias) — serves a
+    checkpoint with per-layer state sizes: the openai client gets completions, and the ghost: metrics carry the real
+    per-sequence bytes (Σ_l bytes_l) and the exact slot count."""
+    import openai
+
+    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    dense, pruned = tmp_path / "dense", tmp_path / "layers"
+    save_tiny_checkpoint(dense, seed=22, n_groups=1, num_hidden_layers=4)
+    assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
+                "--seq-len", "32", "--multiple-of", "4", "--state-sizes", "4,16,8,12", "--out", str(pruned),
+                "--no-progress"]) == 0
+    info = inspect_checkpoint(pruned)
+    server = VLLMServer(str(pruned), ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
+                                      "--kv-cache-memory-bytes", str(KV_BYTES), "--served-model-name", "layers"],
+                        log_path=tmp_path / "server.log", launcher="vllm")
+    with server:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", timeout=60)
+        r = client.completions.create(model="layers", prompt="The history of", max_tokens=8, temperature=0)
+        assert r.usage.completion_tokens == 8
+        text = server.metrics()
+    label = '{model_name="layers",variant="pruned"}'
+    assert _samples(text, "ghost:state_bytes_per_sequence")[label] == info["bytes_per_sequence"] == sum(
+        info["bytes_per_layer"])
+    blocks = int(re.search(r'vllm:cache_config_info\{[^}]*num_gpu_blocks="(\d+)"', text).group(1))
+    assert blocks == KV_BYTES // info["bytes_per_sequence"]
+    assert _samples(text, "ghost:state_slots")['{model_name="layers"}'] == blocks - 1

@@ -22,11 +22,13 @@ def free_port() -> int:
 
 
 class VLLMServer:
-    """``ghost-vllm serve`` in a subprocess; context manager that waits for /health and stops it cleanly."""
+    """``ghost-vllm serve`` (or, ``launcher="vllm"``, vLLM's own ``vllm serve`` console script beside this Python) in
+    a subprocess; context manager that waits for /health and stops it cleanly."""
 
     def __init__(self, model: str, extra: Optional[list[str]] = None, log_path: Optional[Path] = None,
-                 startup_timeout: float = 300.0, env: Optional[dict] = None):
+                 startup_timeout: float = 300.0, env: Optional[dict] = None, launcher: str = "ghost-vllm"):
         self.model = model
+        self.launcher = launcher
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra = extra or []
@@ -37,8 +39,9 @@ class VLLMServer:
         self.returncode: Optional[int] = None
 
     def __enter__(self) -> "VLLMServer":
-        cmd = [sys.executable, "-m", "ghost_vllm.cli", "serve", self.model, "--host", "127.0.0.1",
-               "--port", str(self.port), *self.extra]
+        serve = ([str(Path(sys.executable).parent / "vllm"), "serve"] if self.launcher == "vllm"
+                 else [sys.executable, "-m", "ghost_vllm.cli", "serve"])
+        cmd = [*serve, self.model, "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})},
                                      start_new_session=True)
