@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ghost_vllm import __version__
-from ghost_vllm.allocation import adaptive_state_sizes, allocate, candidate_sizes
+from ghost_vllm.allocation import adaptive_state_sizes, allocate, candidate_sizes, cost_curves
 from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
@@ -38,15 +38,9 @@ VARIANTS = ("uniform", "adaptive", "score_mass")
 
 def score_mass_sizes(scores: list[list[list[float]]], uniform_n: int, multiple_of: int) -> list[int]:
     """Ablation: cost_l(k) = share of layer l's GHOST score energy removed when it keeps its top k per group."""
-    N = len(scores[0][0])
-    cands = candidate_sizes(N, multiple_of, multiple_of)
-    rows = []
-    for layer in scores:
-        s2 = torch.tensor(layer, dtype=torch.float64).pow(2)  # [G, N]
-        asc = torch.sort(s2, dim=1).values.cumsum(1)
-        total = float(s2.sum())
-        rows.append([float(asc[:, N - k - 1].sum()) / total if k < N else 0.0 for k in cands])
-    return allocate(torch.tensor(rows, dtype=torch.float64), cands, len(scores) * uniform_n, multiple_of)
+    cands = candidate_sizes(len(scores[0][0]), multiple_of, multiple_of)
+    shares = [s2 / s2.sum() for s2 in (torch.tensor(layer, dtype=torch.float64).pow(2) for layer in scores)]  # [G, N]
+    return allocate(cost_curves(shares, cands), cands, len(scores) * uniform_n, multiple_of)
 
 
 def run_variant(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor, args, scores=None) -> dict:

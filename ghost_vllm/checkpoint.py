@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ghost_vllm.errors import CheckpointError, ModelError, OutputError
+from ghost_vllm.mamba.budgets import config_state_sizes
 from ghost_vllm.weights import safetensors_header
 
 __all__ = [
@@ -175,8 +176,6 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
             f"{model_dir}/config.json: num_heads·head_dim = {cfg['num_heads'] * cfg['head_dim']} but "
             f"expand·hidden_size = {int(expand * cfg['hidden_size'])}; the config is inconsistent"
         )
-    from ghost_vllm.mamba.budgets import config_state_sizes
-
     sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
     shapes = weight_shapes(model_dir)
     for i, n in enumerate(sizes):
@@ -215,8 +214,6 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
     from transformers import Mamba2Config
 
     from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors
-
-    from ghost_vllm.mamba.budgets import config_state_sizes
 
     sizes = config_state_sizes(validate_model_dir(model_dir))
     target = None if dtype == "auto" else TORCH_DTYPES[dtype]

@@ -221,7 +221,8 @@ def prune_model(
         bar.close()
     model.config.state_size = max(state_sizes)
     if is_uniform(state_sizes):
-        model.config.__dict__.pop(LAYER_STATE_SIZES_KEY, None)
+        if hasattr(model.config, LAYER_STATE_SIZES_KEY):
+            delattr(model.config, LAYER_STATE_SIZES_KEY)
     else:
         setattr(model.config, LAYER_STATE_SIZES_KEY, list(state_sizes))
     report.calibration_s = time.perf_counter() - t0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from ghost_vllm.mamba.budgets import config_state_sizes
 from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["StateSize", "state_size_of", "DTYPE_BYTES"]
@@ -38,8 +39,6 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     """State per sequence for a Mamba2 ``config.json`` dict: every layer at ``state_size``, or per layer at
     ``state_sizes``, or (neither given) as the config says (``layer_state_sizes`` when present). ``dtype`` is the
     conv-state dtype (default: the config's ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same)."""
-    from ghost_vllm.mamba.budgets import config_state_sizes
-
 
     class _C:  # InProjLayout.from_config reads attributes
         pass

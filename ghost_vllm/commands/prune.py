@@ -22,7 +22,7 @@ from ghost_vllm.checkpoint import (
     validate_model_dir,
     write_checkpoint,
 )
-from ghost_vllm.errors import OutputError, RecipeError
+from ghost_vllm.errors import ModelError, OutputError, RecipeError
 from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.pipeline import PruneReport, prune_model
@@ -112,7 +112,7 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
     sel = recipe.selection
     N, L = int(cfg["state_size"]), int(cfg["num_hidden_layers"])
     if cfg.get("layer_state_sizes") is not None:
-        raise RecipeError(f"{model_dir}: already has per-layer state sizes; prune the original dense model instead")
+        raise ModelError(f"{model_dir}: already has per-layer state sizes; prune the original dense model instead")
     uniform_n = kept_count(N, sel.sparsity, sel.multiple_of)
     min_n = sel.min_state_size if sel.min_state_size is not None else sel.multiple_of
     if sel.state_sizes is not None:

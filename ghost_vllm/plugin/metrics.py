@@ -52,13 +52,13 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "
 def state_bytes(hf_config: Any, state_size: Optional[int], conv_dtype: str, ssm_dtype: str) -> int:
     """Per sequence, all layers — the same arithmetic as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``;
     ``state_size=None`` prices the checkpoint's own (possibly per-layer) sizes."""
-    from ghost_vllm.mamba.budgets import config_state_sizes
     from ghost_vllm.state import state_size_of
 
-    cfg = {k: getattr(hf_config, k) for k in ("hidden_size", "num_heads", "head_dim", "n_groups", "num_hidden_layers")}
+    keys = ("hidden_size", "num_heads", "head_dim", "n_groups", "num_hidden_layers", "state_size")
+    cfg = {k: getattr(hf_config, k) for k in keys}
     cfg["conv_kernel"] = getattr(hf_config, "conv_kernel", 4)
-    sizes = config_state_sizes(hf_config) if state_size is None else None
-    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype, state_sizes=sizes)
+    cfg["layer_state_sizes"] = getattr(hf_config, "layer_state_sizes", None)
+    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype)
     return s.bytes_per_sequence
 
 

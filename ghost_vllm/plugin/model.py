@@ -15,18 +15,16 @@ the stock classes exactly as before.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
-
-import copy
 
 from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.models.config import MambaModelConfig
 from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausalLM
 
 from ghost_vllm.mamba.budgets import config_state_sizes, is_uniform
-
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
 __all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2"]

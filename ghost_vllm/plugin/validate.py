@@ -9,6 +9,7 @@ from typing import Any
 from ghost_vllm.checkpoint import read_ghost_json, validate_model_dir
 from ghost_vllm.errors import CheckpointError, ModelError
 from ghost_vllm.inspect import inspect_checkpoint, layer_state_sizes
+from ghost_vllm.mamba.budgets import config_state_sizes
 
 __all__ = ["validate_ghost_checkpoint"]
 
@@ -19,8 +20,6 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
         cfg = validate_model_dir(model_dir)
     except ModelError as e:
         raise CheckpointError(f"ghost checkpoint rejected: {e}") from None
-    from ghost_vllm.mamba.budgets import config_state_sizes
-
     ghost = read_ghost_json(model_dir)
     n_cfg = int(cfg["state_size"])
     sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
