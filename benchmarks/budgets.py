@@ -8,7 +8,9 @@ WikiText-2 raw test, first --wikitext-tokens tokens, seq_len 512 (the fidelity b
 - ``uniform``: GHOST, N' = (1-κ)·N in every layer;
 - ``adaptive``: the product's allocator (per-window mask Fisher → exact knapsack, ghost_vllm/allocation.py);
 - ``score_mass`` (ablation): the same knapsack over a gradient-free cost — each layer's share of GHOST score
-  energy removed, Σ_removed S² / Σ S², from the uniform run's sequential scores.
+  energy removed, Σ_removed S² / Σ S², from the uniform run's sequential scores;
+- ``joint_fisher`` (ablation): the removed set priced jointly, Σ_w (Σ_{n∈R} ∂NLL_w/∂m_n)², instead of the diagonal
+  Σ_{n∈R} Σ_w (∂NLL_w/∂m_n)² (``joint_cost_curves`` below).
 Every variant keeps exactly the uniform cut's Σ_l N'_l (hence its bytes). Rows go to points.jsonl as they finish;
 budgets.md / budgets.json / budgets.png are rebuilt from it.
 """
@@ -33,7 +35,22 @@ from ghost_vllm.selection import kept_count
 from ghost_vllm.state import state_size_of
 
 log = logging.getLogger("budgets")
-VARIANTS = ("uniform", "adaptive", "score_mass")
+VARIANTS = ("uniform", "adaptive", "score_mass", "joint_fisher")
+
+
+def joint_cost_curves(per_window: list[torch.Tensor], fisher: list[torch.Tensor],
+                      candidates: list[int]) -> torch.Tensor:
+    """Ablation. Like ``allocation.cost_curves``, but the removed set R_k (the N−k smallest-Fisher channels of every group) is priced
+    jointly: Σ_w (Σ_{(g,n) ∈ R_k} ∂NLL_w/∂m_{g,n})² — the Fisher quadratic form of removing the whole set, with the
+    correlations between channels that the diagonal drops. ``per_window[l] [W, G, N]``."""
+    rows = []
+    for g, f in zip(per_window, fisher):
+        W, G, N = g.shape
+        order = torch.sort(f.double(), dim=1).indices  # [G, N] ascending Fisher
+        cum = torch.gather(g.double(), 2, order.expand(W, G, N)).cumsum(2)  # [W, G, N]
+        cum = torch.cat([torch.zeros(W, G, 1, dtype=torch.float64), cum], dim=2)  # [W, G, N+1]
+        rows.append(torch.stack([cum[:, :, N - k].sum(1).pow(2).sum() for k in candidates]))
+    return torch.stack(rows)
 
 
 def score_mass_sizes(scores: list[list[list[float]]], uniform_n: int, multiple_of: int) -> list[int]:
@@ -56,6 +73,14 @@ def run_variant(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor
         extra = {"predicted_cost": a.predicted_cost, "uniform_predicted_cost": a.uniform_predicted_cost()}
     elif variant == "score_mass":
         sizes = score_mass_sizes(scores, uniform_n, args.multiple_of)
+    elif variant == "joint_fisher":  # ablation: removed sets priced jointly (allocation.joint_cost_curves)
+        from ghost_vllm.pipeline import mask_gradients
+
+        grads = mask_gradients(model, calib, args.batch_size, progress=False)
+        cands = candidate_sizes(N, args.multiple_of, args.multiple_of)
+        sizes = allocate(joint_cost_curves(grads.per_window, grads.fisher, cands), cands, L * uniform_n,
+                         args.multiple_of)
+        alloc_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     report = prune_model(model, calib, "ghost", kappa, args.multiple_of, 0, args.batch_size, False, state_sizes=sizes)
     t2 = time.perf_counter()
@@ -79,22 +104,25 @@ def write_report(rows: list[dict], out: Path, dense_ppl: float) -> None:
     lines = ["Reference model, WikiText-2 raw test token ppl (seq_len 512, first "
              f"{rows[0].get('wt2_tokens', 0):,} tokens); dense {dense_ppl:.2f}. Same Σ N'_l (bytes) per row.", "",
              "| κ | uniform ppl (Δ%) | adaptive ppl (Δ%) | adaptive N'_l | cut of uniform's Δ | score-mass ablation ppl "
-             "(Δ%) | score-mass N'_l | bytes/seq | adaptive time / uniform |", "|---|---|---|---|---|---|---|---|---|"]
+             "(Δ%) | score-mass N'_l | joint-Fisher ablation ppl (Δ%) | joint-Fisher N'_l | bytes/seq | adaptive time / uniform |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary = []
     for k in kappas:
-        u, a, s = by.get(("uniform", k)), by.get(("adaptive", k)), by.get(("score_mass", k))
-        if not (u and a and s):
+        u, a, s, j = (by.get((v, k)) for v in VARIANTS)
+        if not (u and a and s and j):
             continue
-        du, da, ds = (100 * (r["wt2_512_token_ppl"] / dense_ppl - 1) for r in (u, a, s))
+        du, da, ds, dj = (100 * (r["wt2_512_token_ppl"] / dense_ppl - 1) for r in (u, a, s, j))
         cut = 1 - da / du if du > 0 else float("nan")
         ratio = a["total_s"] / u["total_s"]
         summary.append({"sparsity": k, "uniform_increase_pct": du, "adaptive_increase_pct": da,
-                        "score_mass_increase_pct": ds, "adaptive_cut": cut, "adaptive_sizes": a["state_sizes"],
-                        "score_mass_sizes": s["state_sizes"], "bytes_per_sequence": a["bytes_per_sequence"],
+                        "score_mass_increase_pct": ds, "joint_fisher_increase_pct": dj, "adaptive_cut": cut,
+                        "adaptive_sizes": a["state_sizes"], "score_mass_sizes": s["state_sizes"],
+                        "joint_fisher_sizes": j["state_sizes"], "bytes_per_sequence": a["bytes_per_sequence"],
                         "uniform_bytes_per_sequence": u["bytes_per_sequence"], "time_ratio": ratio})
         lines.append(f"| {k} | {u['wt2_512_token_ppl']:.2f} (+{du:.2f}%) | {a['wt2_512_token_ppl']:.2f} (+{da:.2f}%) | "
                      f"{', '.join(map(str, a['state_sizes']))} | {100 * cut:.0f} % | {s['wt2_512_token_ppl']:.2f} "
-                     f"(+{ds:.2f}%) | {', '.join(map(str, s['state_sizes']))} | {a['bytes_per_sequence']:,} | "
+                     f"(+{ds:.2f}%) | {', '.join(map(str, s['state_sizes']))} | {j['wt2_512_token_ppl']:.2f} (+{dj:.2f}%) | "
+                     f"{', '.join(map(str, j['state_sizes']))} | {a['bytes_per_sequence']:,} | "
                      f"{ratio:.2f}× |")
     (out / "budgets.md").write_text("\n".join(lines) + "\n")
     (out / "budgets.json").write_text(json.dumps({"dense_ppl": dense_ppl, "summary": summary}, indent=1) + "\n")
@@ -105,7 +133,8 @@ def write_report(rows: list[dict], out: Path, dense_ppl: float) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, label in (("uniform_increase_pct", "uniform GHOST"), ("adaptive_increase_pct", "adaptive (Fisher)"),
-                       ("score_mass_increase_pct", "ablation: score mass")):
+                       ("score_mass_increase_pct", "ablation: score mass"),
+                       ("joint_fisher_increase_pct", "ablation: joint Fisher")):
         ax.plot([s["sparsity"] for s in summary], [s[key] for s in summary], marker="o", label=label)
     ax.set_xlabel("κ (fraction of state removed; same bytes per column)")
     ax.set_ylabel("WikiText-2 ppl increase over dense (%)")

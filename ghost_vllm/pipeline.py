@@ -95,6 +95,7 @@ class MaskGradients:
 
     total: list[torch.Tensor]
     fisher: list[torch.Tensor]
+    per_window: list[torch.Tensor]  # [W, G, N] float32: each window's own gradient (W = number of windows)
 
 
 def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool = True,
@@ -107,6 +108,7 @@ def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool 
     L = len(model.backbone.layers)
     total = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
     fisher = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
+    per_window: list[list[torch.Tensor]] = [[] for _ in range(L)]
     params = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -121,14 +123,15 @@ def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool 
                 logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
             )
             loss.backward()
-            for t, f, m in zip(total, fisher, masks):
+            for t, f, w, m in zip(total, fisher, per_window, masks):
                 g = m.grad.double().cpu()[:, 0]  # [b, G, N], one row per window
                 t += g.sum(0)
                 f += g.pow(2).sum(0)
+                w.append(g.float())
     finally:
         for p, flag in zip(model.parameters(), params):
             p.requires_grad_(flag)
-    return MaskGradients(total, fisher)
+    return MaskGradients(total, fisher, [torch.cat(w) for w in per_window])
 
 
 def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bool = True) -> list[torch.Tensor]:
