@@ -126,7 +126,7 @@ def mixer_forward(
     if chunked:
         if on_step is not None:
             raise AssertionError("on_step needs the sequential scan")
-        y = _chunked_scan(s, B, C, layout, int(getattr(mixer, "chunk_size", 256)))
+        y = _chunked_scan(s, B, C, layout, min(int(getattr(mixer, "chunk_size", 256)), GRAD_CHUNK_SIZE))
     else:
         y, _ = ssm_scan(s.x, s.dt, s.A, B, C, s.D, on_step=on_step)
     b, T = hidden.shape[:2]
@@ -134,6 +134,12 @@ def mixer_forward(
     w = mixer.out_proj.weight.float()
     bias = None if mixer.out_proj.bias is None else mixer.out_proj.bias.float()
     return F.linear(y, w, bias)
+
+
+# chunks of the SSD's quadratic intra-chunk part: the released configs' 256 makes each calibration window one padded
+# chunk whose [chunk × chunk] terms dominate the backward on CPU; 64 is the same math, cheaper
+# (benchmarks/results/budgets/timing-mamba2-130m.json)
+GRAD_CHUNK_SIZE = 64
 
 
 def _chunked_scan(s: SSMInputs, B: torch.Tensor, C: torch.Tensor, layout: InProjLayout, chunk_size: int) -> torch.Tensor:
