@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -36,7 +36,6 @@ class Allocation:
     costs: list[list[float]]  # [L][K] predicted loss increase (summed window NLL, Fisher units) at each candidate
     sensitivity: str = "mask_fisher"
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def predicted_cost(self) -> float:
@@ -59,7 +58,6 @@ class Allocation:
             "uniform_predicted_cost": self.uniform_predicted_cost(),
             "costs": [[float(f"{v:.6g}") for v in row] for row in self.costs],
             "seconds": self.seconds,
-            **self.extra,
         }
 
 
@@ -89,7 +87,6 @@ def allocate(costs: torch.Tensor, candidates: Sequence[int], budget: int, unit: 
     L, K = costs.shape
     size_units = [-(-k // unit) for k in candidates]  # N not a multiple of unit: priced at the next unit up
     cap = budget // unit
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
     best = torch.full((cap + 1,), float("inf"), dtype=torch.float64)  # best[b]: min cost of layers so far using b units
     best[0] = 0.0
     choice = torch.zeros(L, cap + 1, dtype=torch.long)
