@@ -1,4 +1,4 @@
-"""``ghost-vllm``: prune | eval | inspect | serve. Thin: parse, call, print. User errors are one line, exit 2."""
+"""``ghost-vllm``: prune | eval | inspect | compare | slots | bench | plan | serve. Thin: parse, call, print. User errors are one line, exit 2."""
 
 from __future__ import annotations
 
@@ -116,6 +116,30 @@ def _add_bench(sub) -> None:
     c.add_argument("--no-progress", action="store_true")
 
 
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="concurrent sequences per state memory in vLLM, before an engine starts")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint directory (dense or ghost), Hub id (config only), 'reference', or a bundled config: "
+                        "mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, mamba2-2.7b, Mamba-Codestral-7B")
+    p.add_argument("--cache-memory", help="exact mode: vLLM's kv_cache_memory_bytes per GPU (e.g. 26100000, 4GiB)")
+    p.add_argument("--gpu-memory", help="estimate mode: memory of one GPU (e.g. 80GiB, 80GB, 8e10)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="estimate mode: vLLM's fraction (0.9)")
+    p.add_argument("--overhead", default="2GiB", help="estimate mode: allowance per GPU for activations, CUDA graphs "
+                                                     "and the CUDA context (default 2GiB; an assumption)")
+    p.add_argument("--dtype", default="auto", help="weights and conv state: auto (checkpoint's; float32 → bfloat16 as "
+                                                   "vLLM does on GPU) | float32 | bfloat16 | float16")
+    p.add_argument("--mamba-ssm-cache-dtype", default="auto", help="SSM state: auto (= --dtype) | float32 | bfloat16 | float16")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--max-model-len", type=int, default=None, help="recorded; a Mamba2 state does not grow with context")
+    p.add_argument("--sparsity", help="what-if for a dense model: comma-separated κ in [0, 1) (default 0,0.25,0.5,0.75)")
+    p.add_argument("--multiple-of", type=int, default=1, help="what-ifs: round N' like 'prune --multiple-of' (default 1)")
+    p.add_argument("--target-seqs", type=int, help="the least uniform sparsity whose memory holds N concurrent sequences")
+    p.add_argument("--stock-padding", action="store_true", help="price stock vLLM, which pads per-layer pages to the "
+                                                               "largest (without ghost_vllm's patch)")
+    p.add_argument("--results", type=Path, default=None, help="benchmarks/results directory for measured quality")
+    p.add_argument("--json", action="store_true", help="print a JSON list (one object per model and variant)")
+
+
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible vLLM server for a (ghost) checkpoint; extra args go to vLLM",
                        add_help=False)
@@ -133,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_slots(sub)
     _add_bench(sub)
+    _add_plan(sub)
     _add_serve(sub)
     return ap
 
@@ -281,6 +306,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ghost_vllm.commands.plan import dump_json, parse_sparsities, results_dir, run_plan
+    from ghost_vllm.errors import RecipeError
+    from ghost_vllm.planner.plan import PlanSettings
+    from ghost_vllm.planner.sizes import parse_size
+
+    if args.multiple_of < 1:
+        raise RecipeError(f"--multiple-of {args.multiple_of}: must be >= 1")
+    settings = PlanSettings(
+        cache_memory=parse_size(args.cache_memory, "--cache-memory") if args.cache_memory is not None else None,
+        gpu_memory=parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None,
+        gpu_memory_utilization=args.gpu_memory_utilization, overhead=parse_size(args.overhead, "--overhead")
+        if args.overhead not in ("0", "0B") else 0, dtype=args.dtype, mamba_ssm_cache_dtype=args.mamba_ssm_cache_dtype,
+        tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+        multiple_of=args.multiple_of, padded=args.stock_padding, results=results_dir(args.results),
+    )
+    rows, text = run_plan(args.models, settings, parse_sparsities(args.sparsity), args.target_seqs)
+    print(dump_json(rows) if args.json else text)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from ghost_vllm.commands.serve import run_serve
 
@@ -313,7 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "serve":
             return cmd_serve(args, extra)
         commands = {"prune": cmd_prune, "eval": cmd_eval, "inspect": cmd_inspect, "compare": cmd_compare,
-                    "slots": cmd_slots, "bench": cmd_bench}
+                    "slots": cmd_slots, "bench": cmd_bench, "plan": cmd_plan}
         return commands[args.command](args)
     except GhostError as e:
         if args.debug:

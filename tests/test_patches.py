@@ -11,19 +11,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_version_guard_refuses_other_vllm_versions():
+@pytest.mark.parametrize("name", ["ssu-backend-uniform-type", "cpu-default-cache-size"])
+def test_version_guard_refuses_other_vllm_versions(name):
     from ghost_vllm_patches import PATCHES, PatchError, apply_patch
 
-    patch = PATCHES["ssu-backend-uniform-type"]
+    patch = PATCHES[name]
     for fake in ("0.33.0", "0.31.2+cpu", "unknown"):
         with pytest.raises(PatchError, match=f"written for vLLM 0.32.0, the installed vLLM is {fake.replace('+', '.')}"):
             apply_patch(patch, version=fake)
 
 
-def test_source_guard_refuses_changed_upstream_code():
+@pytest.mark.parametrize("name", ["ssu-backend-uniform-type", "cpu-default-cache-size"])
+def test_source_guard_refuses_changed_upstream_code(name):
     from ghost_vllm_patches import PATCHES, PatchError, apply_patch
 
-    changed = dataclasses.replace(PATCHES["ssu-backend-uniform-type"], target_sha256="0" * 64)
+    changed = dataclasses.replace(PATCHES[name], target_sha256="0" * 64)
     with pytest.raises(PatchError, match="is not the code the patch was written for"):
         apply_patch(changed, version="0.32.0+cpu")
 
@@ -41,6 +43,20 @@ def test_pinned_vllm_matches_and_install_is_idempotent():
     apply_patch(patch)
     assert ssu_dispatch.initialize_mamba_ssu_backend is first
     assert source_sha256(patch.target) == patch.target_sha256  # the original is still what is hashed
+
+
+def test_cpu_cache_patch_matches_and_is_idempotent():
+    from vllm.platforms.cpu import CpuPlatform
+
+    from ghost_vllm_patches import PATCHES, apply_patch, source_sha256
+
+    patch = PATCHES["cpu-default-cache-size"]
+    assert source_sha256(patch.target) == patch.target_sha256
+    apply_patch(patch)
+    first = CpuPlatform.__dict__["check_and_update_config"]
+    apply_patch(patch)
+    assert CpuPlatform.__dict__["check_and_update_config"] is first
+    assert source_sha256(patch.target) == patch.target_sha256
 
 
 def test_every_subpackage_is_packaged():

@@ -1,25 +1,159 @@
-"""``ghost-vllm serve DIR [vLLM args…]``: vLLM's OpenAI-compatible server for a (ghost) checkpoint.
+"""``ghost-vllm serve DIR [--auto-max-num-seqs] [vLLM args…]``: vLLM's OpenAI-compatible server for a (ghost)
+checkpoint, with the capacity check before the engine starts.
 
-Works where the ``vllm`` console script does not (the CPU wheel's ``vllm serve`` fails with PackageNotFoundError):
-it validates a ghost checkpoint first, then replaces this process with
+It validates a ghost checkpoint, then — with the planner's arithmetic (:mod:`ghost_vllm.planner`) — works out how
+many Mamba cache blocks the state memory holds: on CPU with no cache size given it chooses one
+(:func:`~ghost_vllm.planner.cpu_cache.default_cpu_cache_bytes`) and passes ``--kv-cache-memory-bytes``; when
+``--max-num-seqs`` (or vLLM's default for the platform) exceeds the blocks, it says so in one line and, with
+``--auto-max-num-seqs``, passes the largest value that starts. Then it replaces this process with
 ``python -m vllm.entrypoints.openai.api_server --model DIR …``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ghost_vllm.checkpoint import GHOST_FILE, resolve_model_path
-from ghost_vllm.errors import GhostError
+from ghost_vllm.errors import GhostError, RecipeError
 
-__all__ = ["server_command", "run_serve"]
+__all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value"]
+
+log = logging.getLogger(__name__)
+
+AUTO_FLAG = "--auto-max-num-seqs"
 
 
 def server_command(model: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *extra]
+
+
+def flag_value(extra: list[str], *names: str) -> Optional[str]:
+    """The last value given to any of ``names`` (``--flag v`` or ``--flag=v``) in a vLLM argument list."""
+    value = None
+    for i, arg in enumerate(extra):
+        for name in names:
+            if arg == name and i + 1 < len(extra):
+                value = extra[i + 1]
+            elif arg.startswith(name + "="):
+                value = arg.split("=", 1)[1]
+    return value
+
+
+@dataclass
+class ServePlan:
+    extra: list[str]  # the vLLM arguments to start with
+    lines: list[str]  # what to tell the user before the engine starts
+
+
+def _vllm_default_max_num_seqs(on_cpu: bool, device_memory: int, device_name: str) -> int:
+    """vLLM 0.32's OpenAI-server default (``EngineArgs._get_default_max_num_seqs_and_batched_tokens``)."""
+    if on_cpu:
+        return 128
+    if device_memory >= 160 * 2**30 or (device_memory >= 70 * 2**30 and "a100" not in device_name.lower()):
+        return 1024
+    return 256
+
+
+def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory: int = 0, device_memory: int = 0,
+               device_name: str = "", env: Optional[dict] = None) -> ServePlan:
+    """The arguments to start vLLM with and the one-line notes, from the model's config and the user's flags."""
+    from ghost_vllm.planner.arith import DTYPE_BYTES, MambaShape, block_math
+    from ghost_vllm.planner.cpu_cache import default_cpu_cache_bytes
+    from ghost_vllm.planner.models import resolve_plan_model
+    from ghost_vllm.planner.plan import VLLM_PAD_VOCAB, DEFAULT_OVERHEAD
+    from ghost_vllm.planner.sizes import format_size, parse_size
+
+    env = os.environ if env is None else env
+    extra = list(extra)
+    auto = AUTO_FLAG in extra
+    extra = [a for a in extra if a != AUTO_FLAG]
+    lines: list[str] = []
+    cache_text = flag_value(extra, "--kv-cache-memory-bytes")
+    memory: Optional[int] = None
+    if cache_text is not None:
+        try:
+            memory = parse_size(cache_text, "--kv-cache-memory-bytes")
+        except RecipeError:
+            memory = None  # a form vLLM parses and we do not: leave it to vLLM, skip the check
+    elif on_cpu and env.get("VLLM_CPU_KVCACHE_SPACE", "") != "":
+        memory = int(env["VLLM_CPU_KVCACHE_SPACE"]) * 2**30
+    elif on_cpu:
+        memory = default_cpu_cache_bytes(available_memory)
+        extra += ["--kv-cache-memory-bytes", str(memory)]
+        lines.append(f"no cache size given on CPU: using --kv-cache-memory-bytes {memory} ({format_size(memory)}, a "
+                     f"quarter of the available memory, at most 4 GiB){{holds}}; pass --kv-cache-memory-bytes to choose")
+    try:
+        model = resolve_plan_model(str(model_dir))
+    except GhostError:
+        return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])  # not a Mamba2 model: no state check
+    dtype_flag = flag_value(extra, "--dtype") or "auto"
+    cfg_dtype = model.config_dtype.replace("torch.", "")
+    dtype = dtype_flag if dtype_flag in DTYPE_BYTES else ("bfloat16" if cfg_dtype in ("float32", "") or
+                                                          cfg_dtype not in DTYPE_BYTES else cfg_dtype)
+    ssm_flag = flag_value(extra, "--mamba-ssm-cache-dtype") or "auto"
+    ssm = ssm_flag if ssm_flag in DTYPE_BYTES else dtype
+    tp_text = flag_value(extra, "--tensor-parallel-size", "-tp") or "1"
+    tp = int(tp_text) if tp_text.isdigit() else 1
+    bm = block_math(MambaShape.from_config(model.config), model.state_sizes, dtype, ssm, tp)
+    estimate = ""
+    if memory is None and not on_cpu and device_memory > 0:  # GPU, no cache size: estimate as `ghost-vllm plan` does
+        from ghost_vllm.planner.models import weight_parameters
+
+        util_text = flag_value(extra, "--gpu-memory-utilization")
+        util = float(util_text) if util_text else 0.92
+        weights = weight_parameters(model.config, model.state_sizes, VLLM_PAD_VOCAB) * DTYPE_BYTES[dtype] // tp
+        memory = int(device_memory * util) - weights - DEFAULT_OVERHEAD
+        estimate = " (estimated: GPU memory × utilization − weights − a 2 GiB allowance)"
+    if memory is None:
+        return ServePlan(extra, lines)
+    blocks = max(memory, 0) // bm.bytes_per_block
+    holds = f", which holds {max(blocks - 1, 0):,} concurrent sequences of this model"
+    lines = [ln.replace("{holds}", holds) for ln in lines]
+    seqs_text = flag_value(extra, "--max-num-seqs")
+    requested = int(seqs_text) if seqs_text and seqs_text.isdigit() else _vllm_default_max_num_seqs(
+        on_cpu, device_memory, device_name)
+    origin = "--max-num-seqs" if seqs_text else "vLLM's default max_num_seqs"
+    if blocks < 2:
+        raise GhostError(f"serve: {memory:,} B of state memory{estimate} holds no sequence of {model_dir} (vLLM needs "
+                         f"2 blocks of {bm.bytes_per_block:,} B); give --kv-cache-memory-bytes {2 * bm.bytes_per_block}"
+                         f" or more")
+    if requested > blocks:
+        if auto:
+            extra = [a for i, a in enumerate(extra) if not (a == "--max-num-seqs" or a.startswith("--max-num-seqs=")
+                                                           or (i > 0 and extra[i - 1] == "--max-num-seqs"))]
+            extra += ["--max-num-seqs", str(blocks)]
+            lines.append(f"{origin} {requested} exceeds the {blocks:,} Mamba cache blocks the state memory holds"
+                         f"{estimate}: passing --max-num-seqs {blocks} ({AUTO_FLAG})")
+        else:
+            lines.append(f"{origin} {requested} exceeds the {blocks:,} Mamba cache blocks the state memory holds"
+                         f"{estimate} (at most {blocks - 1:,} run at once; with full CUDA graphs vLLM refuses to "
+                         f"start); pass --max-num-seqs {blocks} or {AUTO_FLAG}")
+    return ServePlan(extra, lines)
+
+
+def _platform() -> tuple[bool, int, int, str]:
+    """(on_cpu, available host memory, device memory, device name)."""
+    from vllm.platforms import current_platform
+
+    on_cpu = bool(current_platform.is_cpu())
+    available = device = 0
+    name = ""
+    if on_cpu:
+        from ghost_vllm_patches.cpu_default_cache import _node_memory
+
+        available = _node_memory()[1]
+    else:
+        try:
+            device, name = int(current_platform.get_device_total_memory()), str(current_platform.get_device_name())
+        except Exception:
+            pass
+    return on_cpu, available, device, name
 
 
 def run_serve(model: str, extra: list[str]) -> int:
@@ -30,7 +164,11 @@ def run_serve(model: str, extra: list[str]) -> int:
         from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
         validate_ghost_checkpoint(Path(model_dir))
-    cmd = server_command(str(model_dir), extra)
+    on_cpu, available, device, name = _platform()
+    plan = plan_serve(model_dir, extra, on_cpu, available, device, name)
+    for line in plan.lines:
+        print(f"ghost-vllm serve: {line}", flush=True)
+    cmd = server_command(str(model_dir), plan.extra)
     sys.stdout.flush()
     os.execv(cmd[0], cmd)
     return 0  # not reached

@@ -30,3 +30,19 @@ def register() -> None:
 
         # without a MambaModelConfig entry, start-up fails later with `assert mamba_block_size is not None`
         MODELS_CONFIG_MAP[ARCHITECTURE] = GhostMambaModelConfig
+    _cpu_default_cache_size()
+
+
+def _cpu_default_cache_size() -> None:
+    """On the CPU platform: install the ``cpu-default-cache-size`` patch (a cache size that fits when none is given
+    and vLLM's default would not; inert otherwise). Refused on another vLLM with one warning line, never fatal."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from ghost_vllm_patches import PATCHES, PatchError, apply_patch
+
+    try:
+        apply_patch(PATCHES["cpu-default-cache-size"])
+    except PatchError as e:
+        log.warning("ghost_vllm: %s (on CPU, pass --kv-cache-memory-bytes)", e)

@@ -3,7 +3,7 @@
     python tests/helpers/vllm_jobs.py SPEC.json OUT.json
 
 SPEC: {"jobs": [{"model": DIR, "prompts": [[ids...], ...], "max_tokens": 8, "kv_cache_memory_bytes": N,
-                 "max_model_len": 512, "apply_patches": ["patch-name", ...]}]}
+                 "max_model_len": 512, "mamba_ssm_cache_dtype": "auto", "apply_patches": ["patch-name", ...]}]}
 ("apply_patches" installs ghost_vllm_patches in this process first; run with VLLM_ENABLE_V1_MULTIPROCESSING=0 so
 the engine runs in this process too.)
 OUT:  {"results": [{"model": DIR, "tokens": [[ids...]], "num_gpu_blocks": N, "error": null | "Type: message"}]}
@@ -32,6 +32,7 @@ def run_job(job: dict) -> dict:
             kv_cache_memory_bytes=int(job.get("kv_cache_memory_bytes", 64 * 2**20)),
             max_model_len=int(job.get("max_model_len", 512)),
             max_num_seqs=int(job.get("max_num_seqs", 256)),
+            mamba_ssm_cache_dtype=job.get("mamba_ssm_cache_dtype", "auto"),
             enforce_eager=True,
             enable_prefix_caching=False,
             seed=0,

@@ -1,0 +1,130 @@
+"""What the planner needs to know about a model, from its ``config.json`` alone (no weights are read): the Mamba2
+shape, the state size of every layer, and — for a ghost checkpoint — what it was pruned from.
+
+MODEL is one of: a bundled real config (``mamba2-130m`` … ``mamba2-2.7b``, ``Mamba-Codestral-7B``), ``reference``
+(the bundled model), a local directory (HF or mamba_ssm layout, dense or ghost), or a Hugging Face Hub id (its
+``config.json`` only, through the local HF cache)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ghost_vllm.errors import ModelError
+
+__all__ = ["PlanModel", "resolve_plan_model", "plan_model_from_config", "bundled_names", "weight_parameters"]
+
+_MAMBA2_ARCHS = {"Mamba2ForCausalLM", "GhostMamba2ForCausalLM"}
+
+
+@dataclass(frozen=True)
+class PlanModel:
+    name: str  # as given
+    config: dict[str, Any]  # HF Mamba2 config keys (hidden_size, num_heads, head_dim, n_groups, conv_kernel, …)
+    state_sizes: tuple[int, ...]  # N_l of every layer, as the checkpoint stands
+    original_state_size: int  # N before pruning (= state_size for a dense model)
+    method: Optional[str]  # ghost checkpoints: the pruning method; None for a dense model
+    allocation: Optional[str]  # ghost checkpoints: uniform | adaptive | explicit
+    from_reference: bool  # the bundled reference model, or pruned from it (measured quality may exist)
+
+    @property
+    def pruned(self) -> bool:
+        return self.method is not None
+
+    @property
+    def config_dtype(self) -> str:
+        return str(self.config.get("torch_dtype") or self.config.get("dtype") or "float32")
+
+
+def bundled_names() -> list[str]:
+    from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS
+
+    return [*REAL_CONFIGS, "Mamba-Codestral-7B"]
+
+
+def _reference_hash() -> str:
+    from ghost_vllm.checkpoint import source_hash
+    from ghost_vllm.reference import MODEL_DIR
+
+    return source_hash(MODEL_DIR)
+
+
+def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], from_reference: bool) -> PlanModel:
+    from ghost_vllm.mamba.budgets import config_state_sizes
+    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm
+
+    if "d_model" in cfg and "n_layer" in cfg:  # mamba_ssm layout
+        cfg = {**hf_config_from_mamba_ssm(cfg), "architectures": ["Mamba2ForCausalLM"]}
+    archs = cfg.get("architectures") or []
+    if cfg.get("model_type") not in (None, "mamba2") or (archs and not set(archs) & _MAMBA2_ARCHS):
+        what = archs[0] if archs else cfg.get("model_type")
+        raise ModelError(f"{name}: architecture {what} is not a pure Mamba2 model; ghost-vllm plan covers "
+                         f"Mamba2ForCausalLM and ghost checkpoints (hybrid models are not supported yet)")
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "num_heads", "head_dim", "n_groups", "state_size")
+               if k not in cfg]
+    if missing:
+        raise ModelError(f"{name}: config.json lacks {', '.join(missing)}; pass a Hugging Face-format Mamba2 config")
+    sizes = tuple(config_state_sizes(cfg, where=f"{name}/config.json"))
+    if ghost is not None:
+        return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", cfg["state_size"])),
+                         str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), from_reference)
+    if len(set(sizes)) > 1:  # per-layer sizes without ghost.json: pruned by someone, method unknown
+        return PlanModel(name, cfg, sizes, int(cfg["state_size"]), "unknown", "explicit", from_reference)
+    return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, from_reference)
+
+
+def plan_model_from_config(name: str, cfg: dict[str, Any]) -> PlanModel:
+    """A model from its config dict alone (a running engine's ``hf_config.to_dict()``); ModelError if not Mamba2."""
+    return _from_config(name, cfg, None, False)
+
+
+def resolve_plan_model(name: str) -> PlanModel:
+    from ghost_vllm.checkpoint import GHOST_FILE, _hub_snapshot, _is_hub_id, read_config, read_ghost_json
+    from ghost_vllm.mamba.ssm_layout import mamba_ssm_config
+
+    if name in bundled_names():
+        return _from_config(name, mamba_ssm_config(name), None, False)
+    if name == "reference":
+        from ghost_vllm.reference import MODEL_DIR
+
+        return _from_config(name, read_config(MODEL_DIR), None, True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = read_config(path)
+        ghost = read_ghost_json(path) if (path / GHOST_FILE).is_file() else None
+        src = (ghost or {}).get("source") or {}
+        from ghost_vllm.reference import MODEL_DIR
+
+        from_ref = path.resolve() == MODEL_DIR.resolve() or (bool(src.get("sha256")) and src["sha256"] == _reference_hash())
+        return _from_config(name, cfg, ghost, from_ref)
+    if _is_hub_id(name):
+        snap = _hub_snapshot(name, patterns=("config.json",), flag="MODEL", what="model directory or bundled name")
+        try:
+            cfg = json.loads((snap / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{name}: the Hub snapshot has no readable config.json ({e})") from None
+        return _from_config(name, cfg, None, False)
+    raise ModelError(f"{name}: unknown model; pass a checkpoint directory, a Hub id (org/name), 'reference' or a "
+                     f"bundled config ({', '.join(bundled_names())})")
+
+
+def weight_parameters(cfg: dict[str, Any], state_sizes: tuple[int, ...], vocab_multiple: int = 1) -> int:
+    """Parameters of a ``Mamba2ForCausalLM`` with these per-layer state sizes (tied embeddings counted once; the vocab
+    rounded up to ``vocab_multiple`` — vLLM pads its embedding and LM head to 64 rows)."""
+    d, H, P, G = (int(cfg[k]) for k in ("hidden_size", "num_heads", "head_dim", "n_groups"))
+    K = int(cfg.get("conv_kernel", 4))
+    I = H * P
+    V = -(-int(cfg["vocab_size"]) // vocab_multiple) * vocab_multiple
+    bias, conv_bias = bool(cfg.get("use_bias", False)), bool(cfg.get("use_conv_bias", True))
+    total = V * d * (1 if cfg.get("tie_word_embeddings", True) else 2) + d  # embedding (+ lm_head) + norm_f
+    for n in state_sizes:
+        rows = 2 * I + 2 * G * n + H
+        conv = I + 2 * G * n
+        total += d  # block norm
+        total += rows * d + (rows if bias else 0)  # in_proj
+        total += conv * K + (conv if conv_bias else 0)  # conv1d
+        total += 3 * H + I  # dt_bias, A_log, D, gated norm
+        total += d * I + (d if bias else 0)  # out_proj
+    return total

@@ -1,0 +1,230 @@
+"""``ghost-vllm plan``: state bytes, vLLM's block arithmetic and the concurrency a state memory holds, per model and
+variant, before any engine starts.
+
+Two modes:
+* **exact** (``cache_memory`` = vLLM's ``kv_cache_memory_bytes``): the block count is what vLLM computes from that
+  memory (tests/test_plan_vllm.py checks it against real engines);
+* **estimate** (``gpu_memory`` × ``gpu_memory_utilization``): the cache gets what is left after the weights (at the
+  serving dtype, vocabulary padded to 64 rows as vLLM does, divided over tensor-parallel ranks) and a fixed
+  ``overhead`` allowance for everything vLLM's profiling run measures on the GPU (peak activations of a
+  ``max_num_batched_tokens`` forward pass, CUDA graphs, the CUDA context and NCCL buffers) — an assumption, stated in
+  every report; exact mode needs none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ghost_vllm.errors import RecipeError
+from ghost_vllm.planner.arith import DTYPE_BYTES, MambaShape, block_math
+from ghost_vllm.planner.models import PlanModel, weight_parameters
+from ghost_vllm.planner.quality import measured_quality
+from ghost_vllm.planner.sizes import format_size
+
+__all__ = ["PlanSettings", "PlanRow", "plan_variants", "plan_target", "format_plan", "check_holds_a_sequence", "DEFAULT_OVERHEAD",
+           "VLLM_PAD_VOCAB"]
+
+DEFAULT_OVERHEAD = 2 * 2**30  # estimate mode: activations + CUDA graphs + context, per GPU (see module doc)
+VLLM_PAD_VOCAB = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE for embeddings and the LM head
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    cache_memory: Optional[int] = None  # exact mode: kv_cache_memory_bytes per worker
+    gpu_memory: Optional[int] = None  # estimate mode: memory of one GPU
+    gpu_memory_utilization: float = 0.9
+    overhead: int = DEFAULT_OVERHEAD
+    dtype: str = "auto"  # weights and conv state; auto = the checkpoint's, float32 → bfloat16 (vLLM's GPU rule)
+    mamba_ssm_cache_dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    max_model_len: Optional[int] = None  # recorded; a pure Mamba2 state does not grow with context
+    multiple_of: int = 1  # what-if variants: N' rounded as `ghost-vllm prune --multiple-of` does
+    padded: bool = False  # price stock vLLM (pages padded to the largest) instead of the plugin's exact pages
+    results: Optional[Path] = None  # benchmarks/results for measured quality
+
+    def __post_init__(self) -> None:
+        if (self.cache_memory is None) == (self.gpu_memory is None):
+            raise RecipeError("plan: give exactly one of --cache-memory BYTES (exact, vLLM's kv_cache_memory_bytes) "
+                              "or --gpu-memory SIZE (estimate)")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise RecipeError(f"--gpu-memory-utilization {self.gpu_memory_utilization}: must be in (0, 1]")
+        if self.dtype not in ("auto", *DTYPE_BYTES):
+            raise RecipeError(f"--dtype {self.dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
+        if self.mamba_ssm_cache_dtype not in ("auto", *DTYPE_BYTES):
+            raise RecipeError(f"--mamba-ssm-cache-dtype {self.mamba_ssm_cache_dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
+        if self.tensor_parallel_size < 1:
+            raise RecipeError(f"--tensor-parallel-size {self.tensor_parallel_size}: must be >= 1")
+        if self.overhead < 0:
+            raise RecipeError(f"--overhead {self.overhead}: must be >= 0")
+
+    @property
+    def mode(self) -> str:
+        return "exact" if self.cache_memory is not None else "estimate"
+
+    def model_dtype(self, model: PlanModel) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        d = model.config_dtype.replace("torch.", "")
+        return "bfloat16" if d not in DTYPE_BYTES or d == "float32" else d
+
+    def ssm_dtype(self, model: PlanModel) -> str:
+        return self.model_dtype(model) if self.mamba_ssm_cache_dtype == "auto" else self.mamba_ssm_cache_dtype
+
+
+@dataclass
+class PlanRow:
+    model: str
+    variant: str  # "as is" | "what-if κ=0.5" | "target 1024 seqs"
+    sparsity: float  # fraction of state channels removed vs the original N (channel-weighted over layers)
+    state_sizes: list[int]
+    dtype: str
+    ssm_dtype: str
+    tensor_parallel_size: int
+    mode: str
+    conv_bytes_per_sequence: int
+    ssm_bytes_per_sequence: int
+    bytes_per_sequence: int  # per worker
+    bytes_per_block: int  # Σ pages (or L × largest page when padded)
+    cache_memory_bytes: int  # per worker
+    num_blocks: int  # vLLM's num_gpu_blocks
+    concurrent_sequences: int  # num_blocks - 1 (the null block)
+    max_num_seqs: int  # the largest --max-num-seqs that starts (full CUDA graphs: <= num_blocks)
+    weight_bytes: Optional[int] = None  # estimate mode, per worker
+    quality: Optional[dict] = None  # measured, else None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def state_size(self) -> int:
+        return max(self.state_sizes)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"state_size": self.state_size}
+
+
+def _cache_memory(model: PlanModel, sizes: Sequence[int], s: PlanSettings) -> tuple[int, Optional[int]]:
+    if s.cache_memory is not None:
+        return s.cache_memory, None
+    params = weight_parameters(model.config, tuple(sizes), VLLM_PAD_VOCAB)
+    weights = -(-params * DTYPE_BYTES[s.model_dtype(model)] // s.tensor_parallel_size)
+    return int(s.gpu_memory * s.gpu_memory_utilization) - weights - s.overhead, weights
+
+
+def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
+    shape = MambaShape.from_config(model.config)
+    bm = block_math(shape, sizes, s.model_dtype(model), s.ssm_dtype(model), s.tensor_parallel_size, s.padded)
+    memory, weights = _cache_memory(model, sizes, s)
+    blocks = max(memory, 0) // bm.bytes_per_block
+    L, N = shape.num_hidden_layers, model.original_state_size
+    q = measured_quality(model.from_reference, method, sizes, s.results)
+    return PlanRow(
+        model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
+        dtype=s.model_dtype(model), ssm_dtype=s.ssm_dtype(model), tensor_parallel_size=s.tensor_parallel_size,
+        mode=s.mode, conv_bytes_per_sequence=sum(bm.conv_bytes), ssm_bytes_per_sequence=sum(bm.ssm_bytes),
+        bytes_per_sequence=bm.bytes_per_sequence, bytes_per_block=bm.bytes_per_block, cache_memory_bytes=memory,
+        num_blocks=blocks, concurrent_sequences=max(blocks - 1, 0), max_num_seqs=blocks, weight_bytes=weights,
+        quality=q.to_dict() if q else None,
+    )
+
+
+def _kept(n: int, sparsity: float, multiple_of: int) -> int:
+    from ghost_vllm.selection import kept_count
+
+    return kept_count(n, sparsity, min(multiple_of, n))
+
+
+def plan_variants(model: PlanModel, settings: PlanSettings, sparsities: Optional[Sequence[float]] = None) -> list[PlanRow]:
+    """The model as it stands, or (``sparsities``, dense models only) uniform GHOST what-ifs at each κ."""
+    if not sparsities:
+        method = model.method or "dense"
+        label = f"as is ({model.method}, {model.allocation})" if model.pruned else "as is (dense)"
+        return [_row(model, label, model.state_sizes, method, settings)]
+    _check_dense(model, "--sparsity")
+    rows = []
+    for k in sparsities:
+        if not 0 <= k < 1:
+            raise RecipeError(f"--sparsity {k}: must be in [0, 1)")
+        n = model.original_state_size if k == 0 else _kept(model.original_state_size, k, settings.multiple_of)
+        L = len(model.state_sizes)
+        rows.append(_row(model, "dense" if k == 0 else f"GHOST κ={k:g}", [n] * L, "dense" if k == 0 else "ghost",
+                         settings))
+    return rows
+
+
+def _check_dense(model: PlanModel, flag: str) -> None:
+    if model.pruned:
+        raise RecipeError(f"{flag}: {model.name} is already pruned ({model.method}, N' {max(model.state_sizes)} of "
+                          f"{model.original_state_size}); plan what-ifs on the dense model it came from")
+
+
+def plan_target(model: PlanModel, settings: PlanSettings, target: int) -> Optional[PlanRow]:
+    """The least uniform sparsity (largest N', in steps of ``multiple_of``) whose state memory holds ``target``
+    concurrent sequences; None when even the smallest N' does not."""
+    _check_dense(model, "--target-seqs")
+    if target < 1:
+        raise RecipeError(f"--target-seqs {target}: must be >= 1")
+    N, L, step = model.original_state_size, len(model.state_sizes), min(settings.multiple_of, model.original_state_size)
+    for n in [N, *range((N - 1) // step * step, 0, -step)]:
+        row = _row(model, f"target {target:,} seqs", [n] * L, "dense" if n == N else "ghost", settings)
+        if row.concurrent_sequences >= target:
+            return row
+    return None
+
+
+def check_holds_a_sequence(model: PlanModel, rows: list[PlanRow], settings: PlanSettings) -> None:
+    """Bad input when no planned variant holds even one sequence (one line, naming the memory and the fix)."""
+    if not rows or any(r.concurrent_sequences > 0 for r in rows):
+        return
+    r = min(rows, key=lambda r: r.bytes_per_block)
+    if r.cache_memory_bytes <= 0:
+        raise RecipeError(f"{model.name}: --gpu-memory {format_size(settings.gpu_memory)} × "
+                          f"{settings.gpu_memory_utilization:g} leaves no cache memory after the weights "
+                          f"({format_size(r.weight_bytes or 0)}) and the {format_size(settings.overhead)} allowance; "
+                          f"use a larger GPU or --tensor-parallel-size")
+    raise RecipeError(f"{model.name}: {r.cache_memory_bytes:,} B of cache memory holds no sequence (vLLM needs 2 "
+                      f"blocks of {r.bytes_per_block:,} B: one null block + one per sequence); give at least "
+                      f"{2 * r.bytes_per_block:,} B")
+
+
+def _quality_text(row: PlanRow) -> str:
+    q = row.quality
+    if q is None:
+        return "not measured"
+    if row.sparsity == 0:
+        return f"{q['value']:.2f} (dense)"
+    return f"{q['value']:.2f} ({q['increase_pct']:+.2f} %)"
+
+
+def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, unreachable: Optional[int] = None) -> str:
+    shape = MambaShape.from_config(model.config)
+    r0 = rows[0] if rows else None
+    head = (f"{model.name}: Mamba2, {shape.num_hidden_layers} layers, n_groups {shape.n_groups}, {shape.num_heads} "
+            f"heads × {shape.head_dim}, N {model.original_state_size}" + (f" (pruned: {model.method}, N' per layer "
+            f"{' '.join(map(str, model.state_sizes))})" if model.pruned else ""))
+    lines = [head]
+    if settings.mode == "exact":
+        lines.append(f"  exact mode: {settings.cache_memory:,} B ({format_size(settings.cache_memory)}) of state cache "
+                     f"per worker (vLLM kv_cache_memory_bytes)")
+    else:
+        lines.append(f"  estimate mode: {format_size(settings.gpu_memory)} × {settings.gpu_memory_utilization:g} − "
+                     f"weights at {r0.dtype if r0 else settings.dtype} / TP {settings.tensor_parallel_size} − "
+                     f"{format_size(settings.overhead)} allowance (activations, CUDA graphs, context; assumed)")
+    if r0:
+        lines.append(f"  state dtypes: conv {r0.dtype}, SSM {r0.ssm_dtype}; tensor parallel {settings.tensor_parallel_size}; "
+                     f"one Mamba block = one sequence's state in every layer = "
+                     + ("L × largest page (stock vLLM padding)" if settings.padded else "Σ_l page_l"))
+    lines.append("  | variant | N' | state B/seq (conv + SSM) | block B | cache B | Mamba blocks | concurrent seqs | "
+                 "largest --max-num-seqs | WikiText-2 ppl (measured) |")
+    lines.append("  |---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = str(r.state_size) if len(set(r.state_sizes)) == 1 else "/".join(map(str, r.state_sizes))
+        lines.append(f"  | {r.variant} | {n} | {r.bytes_per_sequence:,} ({r.conv_bytes_per_sequence:,} + "
+                     f"{r.ssm_bytes_per_sequence:,}) | {r.bytes_per_block:,} | {r.cache_memory_bytes:,} | "
+                     f"{r.num_blocks:,} | {r.concurrent_sequences:,} | {r.max_num_seqs:,} | {_quality_text(r)} |")
+    if unreachable is not None:
+        lines.append(f"  target {unreachable:,} sequences: not reachable by pruning alone (even N' = "
+                     f"{min(settings.multiple_of, model.original_state_size)} holds fewer); add memory or GPUs")
+    lines.append("  blocks = cache // block; vLLM keeps one null block, so concurrent = blocks − 1; with full CUDA "
+                 "graphs start-up needs max_num_seqs ≤ blocks (vllm#49064)")
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""Memory sizes as people write them: ``80GiB``, ``80GB``, ``8e10``, ``26100000``, ``256MiB``."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ghost_vllm.errors import RecipeError
+
+__all__ = ["parse_size", "format_size"]
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(text: str, flag: str = "size") -> int:
+    """``text`` → bytes (a positive integer; fractions of a byte round down). Decimal units KB/MB/GB/TB, binary
+    KiB/MiB/GiB/TiB, case-insensitive; a bare number is bytes."""
+    m = _SIZE.fullmatch(str(text))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise RecipeError(f"{flag} {text!r}: not a memory size; write it like 80GiB, 80GB, 8e10 or 26100000 "
+                          f"(units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    value = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(value) or value < 1:
+        raise RecipeError(f"{flag} {text!r}: must be at least one byte")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    """Bytes → ``1.50 GiB`` / ``26.1 MB``-style text (binary units; exact byte count for small values)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
