@@ -27,6 +27,7 @@ run: setup
 	$(VENV)/bin/ghost-vllm prune configs/reference-ghost50.yaml --overwrite
 	$(VENV)/bin/ghost-vllm compare reference build/reference-ghost50 --data reference-valid \
 		$(if $(wildcard $(WIKITEXT_TEST)),--data $(WIKITEXT_TEST)) --seq-len 512 --json build/reference-compare.json
+	$(VENV)/bin/ghost-vllm plan reference build/reference-ghost50 --cache-memory 256MiB --dtype float32
 	$(VENV)/bin/ghost-vllm slots reference build/reference-ghost50 --state-memory 256MiB \
 		--prompt " = Valkyria Chronicles =" --prompt " The city of Paris is" --json build/reference-slots.json
 
