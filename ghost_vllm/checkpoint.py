@@ -46,12 +46,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def resolve_model_path(path: str) -> Path:
-    if path == "reference":
-        from ghost_vllm.reference import MODEL_DIR
+    if path in ("reference", "recall"):
+        from ghost_vllm import recall, reference
 
-        if not (MODEL_DIR / "config.json").is_file():
-            raise ModelError(f"the bundled reference model is missing at {MODEL_DIR}; reinstall ghost_vllm from a full clone")
-        return MODEL_DIR
+        bundled = reference.MODEL_DIR if path == "reference" else recall.MODEL_DIR
+        if not (bundled / "config.json").is_file():
+            raise ModelError(f"the bundled {path} model is missing at {bundled}; reinstall ghost_vllm from a full clone")
+        return bundled
     local = Path(path).expanduser()
     if not _is_hub_id(path):
         return local  # a local path (missing ones get "model directory not found" from the validators)

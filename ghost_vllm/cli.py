@@ -31,14 +31,17 @@ def _int_list(text: str | None) -> list[int] | None:
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="calibrate, score, truncate and write a reduced checkpoint")
     p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
-    p.add_argument("--model", help="Mamba2 model directory, or 'reference' for the bundled model")
+    p.add_argument("--model", help="Mamba2 model directory, or a bundled model: 'reference' (text), 'recall' (MQAR)")
     p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
     p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
     p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")
     p.add_argument("--allocation", help="uniform (same N' in every layer) | adaptive (per-layer N'_l at the same bytes)")
     p.add_argument("--state-sizes", help="explicit per-layer N'_l, e.g. 32,64,96,128 (one per layer)")
     p.add_argument("--min-state-size", type=int, help="adaptive: smallest N'_l a layer may get (default multiple-of)")
-    p.add_argument("--calibration", help="text/JSONL file, directory, 'reference' or 'wikitext2'")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="re-solve each pruned layer's out_proj on the calibration activations (closed form)")
+    p.add_argument("--calibration", help="text/JSONL file, directory, 'reference', 'wikitext2' or 'recall' (MQAR "
+                                         "training sequences, for the recall model)")
     p.add_argument("--nsamples", type=int, help="calibration windows (paper: 128)")
     p.add_argument("--seq-len", type=int, help="tokens per calibration window (paper: 128)")
     p.add_argument("--batch-size", type=int, help="calibration windows per batch")
@@ -52,14 +55,17 @@ def _add_prune(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="perplexity (token, word, bits/byte) and LAMBADA accuracy")
-    p.add_argument("model", help="model directory or 'reference'")
+    p = sub.add_parser("eval", help="perplexity (token, word, bits/byte), LAMBADA accuracy, MQAR recall accuracy")
+    p.add_argument("model", help="model directory, 'reference' or 'recall'")
     p.add_argument("--data", action="append", default=[], help="text/JSONL file, directory or dataset name (repeatable)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens of each text")
     p.add_argument("--lambada", help="LAMBADA JSONL with context/target fields")
     p.add_argument("--lambada-limit", type=int, default=None, help="first N LAMBADA examples only")
+    p.add_argument("--recall", action="store_true",
+                   help="MQAR recall accuracy on held-out sequences (checkpoints of the recall model, e.g. 'recall')")
+    p.add_argument("--recall-sequences", type=int, default=256, help="held-out sequences per difficulty level")
     p.add_argument("--tokenizer", help="tokenizer.json, tokenizer directory or Hub id, e.g. EleutherAI/gpt-neox-20b (default: the model's)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
@@ -181,7 +187,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "model.device": args.device, "selection.method": args.method, "selection.sparsity": args.sparsity,
         "selection.multiple_of": args.multiple_of, "selection.seed": args.seed, "calibration.source": args.calibration,
         "selection.allocation": args.allocation, "selection.state_sizes": _int_list(args.state_sizes),
-        "selection.min_state_size": args.min_state_size,
+        "selection.min_state_size": args.min_state_size, "selection.refit": args.refit,
         "calibration.nsamples": args.nsamples, "calibration.seq_len": args.seq_len,
         "calibration.batch_size": args.batch_size, "calibration.seed": args.seed, "output.dir": args.out,
         "output.overwrite": args.overwrite,
@@ -196,12 +202,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
     from ghost_vllm.evaluate import lambada_accuracy, perplexity
 
-    if not args.data and not args.lambada:
-        raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME and/or --lambada PATH")
+    if not args.data and not args.lambada and not args.recall:
+        raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME, --lambada PATH and/or --recall")
+    if args.recall_sequences < 1:
+        raise GhostError(f"--recall-sequences {args.recall_sequences}: must be >= 1")
     model_dir = resolve_model_path(args.model)
-    tok = load_tokenizer(model_dir, args.tokenizer)
+    if args.recall:
+        from ghost_vllm.checkpoint import read_config
+
+        vocab = int(read_config(model_dir).get("vocab_size", 0))
+        if vocab != 512:
+            raise GhostError(f"--recall: {model_dir} has vocab_size {vocab}; MQAR needs the recall model's 512 tokens "
+                             f"(evaluate 'recall' or a checkpoint pruned from it)")
+    tok = load_tokenizer(model_dir, args.tokenizer) if (args.data or args.lambada) else None
     model = load_model(model_dir, args.dtype, _device(args.device))
-    report: dict = {"model": str(model_dir), "perplexity": [], "lambada": None}
+    report: dict = {"model": str(model_dir), "perplexity": [], "lambada": None, "recall": None}
     for source in args.data:
         r = perplexity(model, tok, source, seq_len=args.seq_len, batch_size=args.batch_size,
                        max_tokens=args.max_tokens, progress=not args.no_progress)
@@ -212,6 +227,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lr = lambada_accuracy(model, tok, args.lambada, limit=args.lambada_limit, progress=not args.no_progress)
         report["lambada"] = lr.to_dict()
         print(f"{args.lambada}: LAMBADA accuracy {lr.accuracy:.4f} ({lr.correct}/{lr.examples})")
+    if args.recall:
+        from ghost_vllm.recall.evaluate import model_predictor, recall_accuracy
+
+        rr = recall_accuracy(model_predictor(model), args.recall_sequences)
+        report["recall"] = rr.to_dict()
+        report["accuracy"] = rr.accuracy
+        print(f"MQAR recall: accuracy {rr.accuracy:.4f} over {rr.queries:,} queries ({args.recall_sequences} held-out "
+              f"sequences per level; chance {rr.chance:.4f})")
+        print("  pairs     " + "  ".join(f"{p:>6}" for p in rr.per_pairs))
+        print("  accuracy  " + "  ".join(f"{v:6.3f}" for v in rr.per_pairs.values()))
+        print("  distance  " + "  ".join(f"{k}: {v:.3f}" for k, v in rr.per_distance.items()))
     if args.json:
         from ghost_vllm.commands.io import write_json_atomic
 

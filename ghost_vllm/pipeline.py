@@ -4,6 +4,7 @@ pushed through the pruned block to become the next layer's inputs; statistics ar
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,14 +16,15 @@ from tqdm.auto import tqdm
 from ghost_vllm.mamba.budgets import LAYER_STATE_SIZES_KEY, is_uniform
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
+from ghost_vllm.refit import DEFAULT_ALPHA, ReadoutStats, RefitLayer, capture_readout_input
 from ghost_vllm.scoring import NEEDS_BACKWARD, NEEDS_STATE_STATS, SCORERS, LayerStats
 from ghost_vllm.selection import kept_count, select_channels
 from ghost_vllm.stats.accumulators import ChannelMoments, StateChannelAccumulator
 from ghost_vllm.stats.capture import masked_mixers
 from ghost_vllm.surgery import prune_mixer
 
-__all__ = ["LayerReport", "PruneReport", "MaskGradients", "layer_moments", "mask_gradients", "taylor_mask_grads",
-           "prune_model"]
+__all__ = ["LayerReport", "PruneReport", "MaskGradients", "RefitSpec", "layer_moments", "mask_gradients",
+           "taylor_mask_grads", "prune_model"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,15 @@ class PruneReport:
         return [layer.state_size for layer in self.layers]
     calibration_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
+    refit: list[RefitLayer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RefitSpec:
+    """Readout refit after each layer's truncation (:mod:`ghost_vllm.refit`)."""
+
+    target: str = "local"  # local | global
+    alpha: float = DEFAULT_ALPHA
 
 
 def _summary(scores: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
@@ -176,6 +187,39 @@ def _propagate(block, acts: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _mixer_out(block, h: torch.Tensor) -> torch.Tensor:
+    return block.mixer(block.norm(h.to(dtype=block.norm.weight.dtype)))
+
+
+def _refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
+                   spec: RefitSpec) -> RefitLayer:
+    """Fit ``block.mixer.out_proj`` (pruned) to the dense layer's output (``local``) or to the dense network's next
+    activation (``global``) over the cached inputs, a few windows at a time; set it in place."""
+    out_proj = block.mixer.out_proj
+    w0 = out_proj.weight.detach().clone()
+    bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
+    stats = ReadoutStats(w0.shape[1], w0.shape[0])
+    for i, a in enumerate(acts):
+        for j in range(0, a.shape[0], PROPAGATE_WINDOWS):
+            h = a[j : j + PROPAGATE_WINDOWS]
+            u: list[torch.Tensor] = []
+            with capture_readout_input(block.mixer, u):
+                _mixer_out(block, h)
+            if spec.target == "local":
+                t = _mixer_out(dense_block, h)
+            else:
+                nxt = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
+                t = nxt.float() - h.float()
+            t = t.double().cpu()
+            stats.update(u[0], t - bias if bias is not None else t)
+    w = stats.solve(w0, spec.alpha)
+    before, after = stats.error(w0), stats.error(w)
+    with torch.no_grad():
+        out_proj.weight.copy_(w.to(out_proj.weight.dtype))
+    norm = stats.tt if stats.tt > 0 else 1.0
+    return RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
+
+
 def prune_model(
     model,
     tokens: torch.Tensor,  # [nsamples, T] calibration windows
@@ -186,9 +230,11 @@ def prune_model(
     batch_size: int = 8,
     progress: bool = True,
     state_sizes: Optional[Sequence[int]] = None,
+    refit: Optional[RefitSpec] = None,
 ) -> PruneReport:
     """Prune every layer of ``model`` in place to N' = kept_count(N, sparsity, multiple_of) state channels, or layer l
-    to ``state_sizes[l]`` (per-layer budgets; ``sparsity`` is then only recorded)."""
+    to ``state_sizes[l]`` (per-layer budgets; ``sparsity`` is then only recorded). ``refit``: re-solve each pruned
+    layer's ``out_proj`` on the calibration activations (:mod:`ghost_vllm.refit`)."""
     scorer = SCORERS[method]
     layout = InProjLayout.from_config(model.config)
     layers = model.backbone.layers
@@ -206,6 +252,7 @@ def prune_model(
     batches = tokens.split(batch_size)
     with torch.no_grad():
         acts = [model.backbone.embeddings(b.to(device)) for b in batches]
+        dense_acts = [a.clone() for a in acts] if refit is not None and refit.target == "global" else None
         bar = tqdm(total=len(layers) * len(batches), desc=f"{method} layers", unit="batch", disable=not progress)
         for idx, (block, n_keep) in enumerate(zip(layers, state_sizes)):
             bar.set_postfix(layer=f"{idx + 1}/{len(layers)}")
@@ -216,7 +263,13 @@ def prune_model(
             stats = LayerStats(idx, w_B, w_C, moments, None if mask_grads is None else mask_grads[idx], seed)
             scores = scorer(stats)
             keep = select_channels(scores, n_keep)
+            dense_block = copy.deepcopy(block) if refit is not None else None
             prune_mixer(block.mixer, layout, keep.to(device))
+            if refit is not None:
+                report.refit.append(_refit_readout(idx, block, dense_block, acts, dense_acts, refit))
+                if dense_acts is not None:
+                    dense_acts = [_propagate(dense_block, a) for a in dense_acts]
+                del dense_block
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
             acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block

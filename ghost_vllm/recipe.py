@@ -4,7 +4,7 @@ A recipe has four sections; every field has a default, so ``load_recipe(None)`` 
 
     model:       {path: reference, tokenizer: null, dtype: auto, device: auto}
     calibration: {source: reference, nsamples: 128, seq_len: 128, seed: 0, batch_size: 8}
-    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0, allocation: uniform, state_sizes: null,
+    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0, allocation: uniform, state_sizes: null, refit: false,
                   min_state_size: null}
     output:      {dir: null, overwrite: false}
 
@@ -66,6 +66,7 @@ class SelectionSpec:
     allocation: str = "uniform"  # uniform: N' in every layer; adaptive: per-layer N'_l at the uniform cut's bytes
     state_sizes: Optional[list[int]] = None  # explicit N'_l per layer (sparsity and allocation then unused)
     min_state_size: Optional[int] = None  # adaptive: smallest N'_l (default multiple_of)
+    refit: bool = False  # re-solve each pruned layer's out_proj on the calibration activations (ghost_vllm/refit.py)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Recipe:
         """``output.dir``, or ``<model name>-<method><percent>`` in the working directory."""
         if self.output.dir:
             return Path(self.output.dir)
-        name = "reference" if self.model.path == "reference" else Path(self.model.path.rstrip("/")).name
+        name = self.model.path if self.model.path in ("reference", "recall") else Path(self.model.path.rstrip("/")).name
         s = self.selection
         if s.state_sizes is not None:
             return Path(f"{name}-{s.method}-layers")

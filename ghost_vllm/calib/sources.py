@@ -8,14 +8,15 @@ from pathlib import Path
 
 from ghost_vllm.errors import CalibrationError
 
-__all__ = ["NAMED_SOURCES", "resolve_source", "load_texts"]
+__all__ = ["NAMED_SOURCES", "TOKEN_SOURCES", "resolve_source", "load_texts"]
 
 # name → (HF dataset, config, split), read with the optional `datasets` package when the machine is online
 HF_DATASETS = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1", "train"),
     "wikitext2-test": ("wikitext", "wikitext-2-raw-v1", "test"),
 }
-NAMED_SOURCES = ("reference", "reference-valid", *HF_DATASETS)
+NAMED_SOURCES = ("reference", "reference-valid", "recall", *HF_DATASETS)
+TOKEN_SOURCES = ("recall",)  # sources that generate token windows directly (no text, no tokenizer)
 
 
 def resolve_source(source: str) -> str:

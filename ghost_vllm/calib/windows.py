@@ -9,7 +9,7 @@ import torch
 
 from ghost_vllm.errors import CalibrationError
 
-__all__ = ["CalibrationSet", "tokenize_stream", "make_windows"]
+__all__ = ["CalibrationSet", "tokenize_stream", "make_windows", "generated_windows"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,17 @@ def make_windows(texts: list[str], tokenizer, nsamples: int, seq_len: int, seed:
     windows = stream[: available * seq_len].view(available, seq_len)[pick].contiguous()
     digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()
     return CalibrationSet(windows, source, seed, stream.numel(), digest)
+
+
+def generated_windows(source: str, nsamples: int, seq_len: int, seed: int) -> CalibrationSet:
+    """Windows of a token source (``recall``: MQAR sequences from the recall model's training distribution, a seed
+    stream disjoint from its evaluation's; see ghost_vllm/recall/evaluate.py)."""
+    if source != "recall":
+        raise CalibrationError(f"{source}: not a token source")
+    from ghost_vllm.recall.evaluate import calibration_windows
+
+    if seq_len < 4:
+        raise CalibrationError(f"recall: seq_len {seq_len} is too short for one key-value pair and a query; use >= 64")
+    windows = calibration_windows(nsamples, seq_len, seed)
+    digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()
+    return CalibrationSet(windows, source, seed, windows.numel(), digest)

@@ -11,6 +11,8 @@ from typing import Optional
 
 from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
+from ghost_vllm.calib.sources import TOKEN_SOURCES
+from ghost_vllm.calib.windows import generated_windows
 from ghost_vllm.checkpoint import (
     check_output_location,
     load_model,
@@ -22,10 +24,10 @@ from ghost_vllm.checkpoint import (
     validate_model_dir,
     write_checkpoint,
 )
-from ghost_vllm.errors import ModelError, OutputError, RecipeError
+from ghost_vllm.errors import CalibrationError, ModelError, OutputError, RecipeError
 from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
-from ghost_vllm.pipeline import PruneReport, prune_model
+from ghost_vllm.pipeline import PruneReport, RefitSpec, prune_model
 from ghost_vllm.recipe import Recipe
 from ghost_vllm.selection import check_state_sizes, kept_count
 from ghost_vllm.state import state_size_of
@@ -81,6 +83,9 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
         "source": {"path": str(model_dir.resolve()), "sha256": digest},
         "recipe": recipe.to_dict(),
         **({"adaptive": allocation.to_dict()} if allocation is not None else {}),
+        **({"refit": {"weights": ["out_proj"], "target": report.refit[0].target, "alpha": report.refit[0].alpha,
+                      "error_relative": "Σ||t − W u'||² / Σ||t||² on the calibration tokens, before → after",
+                      "layers": [r.to_dict() for r in report.refit]}} if report.refit else {}),
         "timings": {"calibration_s": report.calibration_s,
                     "allocation_s": allocation.seconds if allocation is not None else 0.0,
                     "peak_memory_bytes": report.peak_memory_bytes,
@@ -120,11 +125,16 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
     elif sel.allocation == "adaptive" and min_n > uniform_n:
         raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
                           f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
-    texts = load_texts(recipe.calibration.source)
+    c = recipe.calibration
     tok_path = str(resolve_tokenizer_path(recipe.model.tokenizer)) if recipe.model.tokenizer else None
     tokenizer = load_tokenizer(model_dir, tok_path)
-    c = recipe.calibration
-    calib = make_windows(texts, tokenizer, c.nsamples, c.seq_len, c.seed, c.source)
+    if c.source in TOKEN_SOURCES:  # generated token windows (recall: MQAR training sequences)
+        if int(cfg["vocab_size"]) != 512:
+            raise CalibrationError(f"calibration 'recall' draws MQAR tokens up to 511; {model_dir} has vocab_size "
+                                   f"{cfg['vocab_size']} — use it with --model recall")
+        calib = generated_windows(c.source, c.nsamples, c.seq_len, c.seed)
+    else:
+        calib = make_windows(load_texts(c.source), tokenizer, c.nsamples, c.seq_len, c.seed, c.source)
     log.info("calibration: %d windows × %d tokens from %s", c.nsamples, c.seq_len, c.source)
 
     digest = source_hash(model_dir, any_weights=mamba_ssm)
@@ -141,7 +151,7 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
         sizes = allocation.state_sizes
     sparsity = sel.sparsity if sel.state_sizes is None else 1.0 - sum(sizes) / (L * N)
     report = prune_model(model, calib.tokens, sel.method, sparsity, sel.multiple_of, sel.seed, c.batch_size, progress,
-                         state_sizes=sizes)
+                         state_sizes=sizes, refit=RefitSpec() if sel.refit else None)
     ghost = ghost_json(recipe, report, cfg, calib.spec(), model_dir, digest, dtype, allocation)
     write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
                      tokenizer_override=tok_path)

@@ -34,8 +34,11 @@ def ssm_scan(
     D: torch.Tensor,  # [H]
     on_step: Optional[StepCallback] = None,
     initial_state: Optional[torch.Tensor] = None,  # [b, H, P, N]
+    on_store: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequential selective scan. Returns ``y [b, T, H, P]`` and the final state ``h_T [b, H, P, N]``."""
+    """Sequential selective scan. Returns ``y [b, T, H, P]`` and the final state ``h_T [b, H, P, N]``.
+    ``on_store(h)`` runs after y_t has been read from h_t and may change h in place: what a decode-time state cache
+    does when it stores the state in a narrower format (the next step reads the stored value)."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     hpg = H // G
@@ -55,6 +58,8 @@ def ssm_scan(
         if on_step is not None:
             on_step(h, C[:, t])
         ys.append(torch.einsum("bhpn,bhn->bhp", h, C_t) + D[:, None] * x[:, t])
+        if on_store is not None:
+            on_store(h)
     return torch.stack(ys, dim=1), h
 
 
@@ -115,6 +120,7 @@ def mixer_forward(
     mask: Optional[torch.Tensor] = None,  # [G, N] multiplies B and C (1 keeps, 0 removes a channel)
     on_step: Optional[StepCallback] = None,
     chunked: bool = False,
+    on_store: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Whole mixer in float32. Returns ``[b, T, hidden_size]``.
 
@@ -128,7 +134,7 @@ def mixer_forward(
             raise AssertionError("on_step needs the sequential scan")
         y = _chunked_scan(s, B, C, layout, min(int(getattr(mixer, "chunk_size", 256)), GRAD_CHUNK_SIZE))
     else:
-        y, _ = ssm_scan(s.x, s.dt, s.A, B, C, s.D, on_step=on_step)
+        y, _ = ssm_scan(s.x, s.dt, s.A, B, C, s.D, on_step=on_step, on_store=on_store)
     b, T = hidden.shape[:2]
     y = gated_group_rmsnorm(y.reshape(b, T, -1), s.z, mixer.norm.weight, mixer.norm.variance_epsilon, layout.n_groups)
     w = mixer.out_proj.weight.float()

@@ -1,0 +1,83 @@
+"""SSM-state storage formats for the quality-per-byte frontier: the state is rounded to the format after every token
+(what a decode-time state cache does: the next step reads the stored value), everything else stays float32.
+
+float32 / bfloat16 / float16: a cast and back (vLLM's ``--mamba-ssm-cache-dtype`` today). fp8_e4m3 / int8: one
+float32 scale per head and sequence (amax over head_dim × N, mapped to the format's largest value: 448 / 127) —
+the shape of the upstream int8/fp8 state-cache proposals; the scales are counted in the bytes."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+__all__ = ["StateFormat", "FORMATS", "stored_state_mixers"]
+
+
+@dataclass(frozen=True)
+class StateFormat:
+    name: str
+    element_bytes: int
+    scale_bytes_per_head: int  # per sequence, per layer
+
+    def ssm_bytes(self, heads: int, head_dim: int, state_size: int) -> int:
+        """SSM state bytes of one layer and one sequence in this format."""
+        return heads * head_dim * state_size * self.element_bytes + heads * self.scale_bytes_per_head
+
+    def round_(self, h: torch.Tensor) -> None:
+        """Round ``h [b, H, P, N]`` (float32) to this format in place."""
+        if self.name == "float32":
+            return
+        if self.name in ("bfloat16", "float16"):
+            h.copy_(h.to(getattr(torch, self.name)).float())
+            return
+        fmax = 448.0 if self.name == "fp8_e4m3" else 127.0
+        scale = h.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-30) / fmax  # [b, H, 1, 1]
+        if self.name == "fp8_e4m3":
+            h.copy_((h / scale).to(torch.float8_e4m3fn).float() * scale)
+        else:
+            h.copy_((h / scale).round_().clamp_(-127, 127) * scale)
+
+
+FORMATS = {f.name: f for f in (StateFormat("float32", 4, 0), StateFormat("bfloat16", 2, 0),
+                               StateFormat("float16", 2, 0), StateFormat("fp8_e4m3", 1, 4), StateFormat("int8", 1, 4))}
+
+
+@contextlib.contextmanager
+def stored_state_mixers(model, fmt: StateFormat) -> Iterator[None]:
+    """While active, every mixer runs our sequential scan (float32) with its state stored in ``fmt`` after each
+    token. Per-layer state sizes are honoured. Full-sequence forwards only (no cache, no padding)."""
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.mamba.reference import mixer_forward
+
+    base = InProjLayout.from_config(model.config)
+    layers = model.backbone.layers
+    fired = [0] * len(layers)
+    saved = []
+
+    def make(i: int, mixer) -> Callable:
+        layout = base.with_state_size(int(mixer.ssm_state_size))
+
+        def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
+            if cache_params is not None or attention_mask is not None:
+                raise AssertionError("stored_state_mixers supports full-sequence forwards without cache or padding")
+            fired[i] += 1
+            store = None if fmt.name == "float32" else fmt.round_
+            return mixer_forward(mixer, layout, hidden_states, on_store=store).to(hidden_states.dtype)
+
+        return forward
+
+    try:
+        for i, layer in enumerate(layers):
+            saved.append(layer.mixer.forward)
+            layer.mixer.forward = make(i, layer.mixer)
+        yield
+    finally:
+        for layer in layers:
+            if "forward" in vars(layer.mixer):
+                del layer.mixer.forward
+    missing = [i for i, n in enumerate(fired) if n == 0]
+    if missing:
+        raise RuntimeError(f"stored_state_mixers: mixers of layers {missing} never ran")

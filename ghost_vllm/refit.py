@@ -1,0 +1,91 @@
+"""Readout refit: after a layer is truncated, re-solve its ``out_proj`` in closed form so that the pruned layer
+reproduces, on the calibration activations, what the dense layer produced there.
+
+For the calibration tokens of layer l, with u' the input of the pruned mixer's ``out_proj`` (the gated-norm output,
+``[tokens, I]``) and t the target mixer output (``[tokens, hidden]``):
+
+    W* = argmin_W  Σ_tokens ||t − W u'||²  +  λ ||W − W₀||²_F   =   (Σ t u'ᵀ + λ W₀) (Σ u' u'ᵀ + λ I)⁻¹
+
+regularised toward the dense weights W₀ (so κ = 0, where u' = u and t = W₀ u, returns W₀ exactly), with
+λ = ``alpha`` · mean(diag Σ u' u'ᵀ). Only sufficient statistics are kept — ``Σ u'u'ᵀ`` (I × I), ``Σ t u'ᵀ``
+(hidden × I) and ``Σ ||t||²``, all float64 — never the activations. The reconstruction error of any W follows from the
+same statistics: ``E(W) = Σ||t||² − 2 tr(W Σ u' tᵀ) + tr(W Σ u'u'ᵀ Wᵀ)``.
+
+Targets: ``local`` — t = W₀ u, the dense mixer's output on the same (pruned-network) inputs; ``global`` — t = the
+dense network's residual stream after layer l minus the pruned stream before it, so the block output matches the
+dense network's activation at that depth (corrects drift accumulated in earlier layers too). The weight stays in
+the standard Mamba2 layout (``mixer.out_proj.weight``): the checkpoint loads with transformers and vLLM unchanged.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import torch
+
+__all__ = ["ReadoutStats", "RefitLayer", "capture_readout_input", "DEFAULT_ALPHA"]
+
+DEFAULT_ALPHA = 1e-3
+
+
+class ReadoutStats:
+    """Streamed float64 sufficient statistics of one layer's readout least-squares problem."""
+
+    def __init__(self, inner: int, hidden: int) -> None:
+        self.uu = torch.zeros(inner, inner, dtype=torch.float64)
+        self.tu = torch.zeros(hidden, inner, dtype=torch.float64)
+        self.tt = 0.0
+        self.tokens = 0
+
+    def update(self, u: torch.Tensor, t: torch.Tensor) -> None:
+        """``u`` [..., I] pruned readout inputs, ``t`` [..., hidden] targets for the same tokens."""
+        u = u.reshape(-1, u.shape[-1]).double().cpu()
+        t = t.reshape(-1, t.shape[-1]).double().cpu()
+        if u.shape[0] != t.shape[0]:
+            raise AssertionError(f"{u.shape[0]} readout inputs for {t.shape[0]} targets")
+        self.uu += u.T @ u
+        self.tu += t.T @ u
+        self.tt += float(t.pow(2).sum())
+        self.tokens += u.shape[0]
+
+    def error(self, w: torch.Tensor) -> float:
+        """Σ_tokens ||t − W u'||² from the statistics alone."""
+        w = w.double().cpu()
+        return float(self.tt - 2 * (w * self.tu).sum() + ((w @ self.uu) * w).sum())
+
+    def solve(self, w0: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
+        """The ridge solution regularised toward ``w0`` [hidden, I] (float64)."""
+        w0 = w0.double().cpu()
+        lam = alpha * float(self.uu.diagonal().mean()) if self.tokens else 0.0
+        a = self.uu + lam * torch.eye(self.uu.shape[0], dtype=torch.float64)
+        b = self.tu + lam * w0
+        # W a = b  ⇔  a Wᵀ = bᵀ (a symmetric positive definite)
+        return torch.linalg.solve(a, b.T).T
+
+
+@dataclass
+class RefitLayer:
+    layer: int
+    target: str
+    alpha: float
+    tokens: int
+    error_before: float  # relative: E(W₀) / Σ||t||²
+    error_after: float  # relative: E(W*) / Σ||t||²
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def capture_readout_input(mixer, sink: list) -> Iterator[None]:
+    """Append the input of ``mixer.out_proj`` ([b, T, I]) to ``sink`` on every forward; raises if it never fired."""
+    calls = len(sink)
+    handle = mixer.out_proj.register_forward_pre_hook(lambda _m, args: sink.append(args[0].detach()))
+    try:
+        yield
+    finally:
+        handle.remove()
+    if len(sink) == calls:
+        raise AssertionError("out_proj hook never fired: the mixer took a path that skips out_proj")
