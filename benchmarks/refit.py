@@ -7,9 +7,11 @@ test, first 131,072 tokens, seq 512 (the fidelity protocol), plus `reference-val
 calibration half itself (seq 512): a refit that overfits its calibration text gains there and not on the others.
 Variants:
 - ``ghost``: the paper's truncation, no refit;
-- ``refit_local`` (the product's ``--refit``): target = the dense layer's output on the pruned network's inputs;
-- ``refit_global`` (ablation): target = the dense network's activation after that layer (corrects earlier drift);
-- ``refit_local_a0.1`` (ablation): the local target with a 100× stronger pull toward the dense weights (α = 0.1).
+- ``refit_global`` (the product's ``--refit``): target = the dense network's activation after that layer (the
+  block output must match it, so drift from earlier layers is corrected too); α = 1e-3;
+- ``refit_local`` (ablation): target = the dense layer's output on the pruned network's inputs;
+- ``refit_local_a0.1`` (ablation): the local target with a 100× stronger pull toward the dense weights (α = 0.1);
+- ``refit_global_a1e-5`` (ablation): the global target with a 100× weaker pull (α = 1e-5).
 Rows go to points.jsonl as they finish; refit.md / refit.json / refit.png are rebuilt from it.
 """
 
@@ -29,8 +31,8 @@ from ghost_vllm.pipeline import RefitSpec, prune_model
 from ghost_vllm.reference import CALIBRATION_TEXT, VALIDATION_TEXT
 
 log = logging.getLogger("refit")
-VARIANTS = {"ghost": None, "refit_local": RefitSpec("local"), "refit_global": RefitSpec("global"),
-            "refit_local_a0.1": RefitSpec("local", alpha=0.1)}
+VARIANTS = {"ghost": None, "refit_global": RefitSpec("global"), "refit_local": RefitSpec("local"),
+            "refit_local_a0.1": RefitSpec("local", alpha=0.1), "refit_global_a1e-5": RefitSpec("global", alpha=1e-5)}
 
 
 def evaluate(model, args) -> dict:

@@ -39,7 +39,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--state-sizes", help="explicit per-layer N'_l, e.g. 32,64,96,128 (one per layer)")
     p.add_argument("--min-state-size", type=int, help="adaptive: smallest N'_l a layer may get (default multiple-of)")
     p.add_argument("--refit", action="store_true", default=None,
-                   help="re-solve each pruned layer's out_proj on the calibration activations (closed form)")
+                   help="re-solve each pruned layer's out_proj (closed form, calibration activations) so the "
+                        "block output matches the dense network's")
     p.add_argument("--calibration", help="text/JSONL file, directory, 'reference', 'wikitext2' or 'recall' (MQAR "
                                          "training sequences, for the recall model)")
     p.add_argument("--nsamples", type=int, help="calibration windows (paper: 128)")

@@ -62,7 +62,7 @@ class PruneReport:
 class RefitSpec:
     """Readout refit after each layer's truncation (:mod:`ghost_vllm.refit`)."""
 
-    target: str = "local"  # local | global
+    target: str = "global"  # global (the product's: measured better, benchmarks/refit.py) | local
     alpha: float = DEFAULT_ALPHA
 
 
@@ -192,32 +192,48 @@ def _mixer_out(block, h: torch.Tensor) -> torch.Tensor:
 
 
 def _refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
-                   spec: RefitSpec) -> RefitLayer:
+                   spec: RefitSpec) -> tuple[RefitLayer, list[torch.Tensor], Optional[list[torch.Tensor]]]:
     """Fit ``block.mixer.out_proj`` (pruned) to the dense layer's output (``local``) or to the dense network's next
-    activation (``global``) over the cached inputs, a few windows at a time; set it in place."""
+    activation (``global``) over the cached inputs; set it in place. Returns the report, the next layer's inputs and
+    (``global``) the dense network's next activations.
+
+    One pass, a few windows at a time: the pruned block's forward (the propagation every layer needs) records its
+    readout input u'; the target comes from the dense copy. After the solve, the recorded outputs are corrected by
+    u'(W* − W₀)ᵀ instead of running the block again."""
     out_proj = block.mixer.out_proj
     w0 = out_proj.weight.detach().clone()
     bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
     stats = ReadoutStats(w0.shape[1], w0.shape[0])
+    outs, readouts, dense_next = [], [], []
     for i, a in enumerate(acts):
+        out = torch.empty_like(a)
+        dense_out = torch.empty_like(dense_acts[i]) if dense_acts is not None else None
+        us = []
         for j in range(0, a.shape[0], PROPAGATE_WINDOWS):
             h = a[j : j + PROPAGATE_WINDOWS]
             u: list[torch.Tensor] = []
             with capture_readout_input(block.mixer, u):
-                _mixer_out(block, h)
+                out[j : j + PROPAGATE_WINDOWS] = block(h)
             if spec.target == "local":
                 t = _mixer_out(dense_block, h)
             else:
-                nxt = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
-                t = nxt.float() - h.float()
+                dense_out[j : j + PROPAGATE_WINDOWS] = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
+                t = dense_out[j : j + PROPAGATE_WINDOWS].float() - h.float()
             t = t.double().cpu()
             stats.update(u[0], t - bias if bias is not None else t)
+            us.append(u[0])
+        outs.append(out)
+        readouts.append(torch.cat(us))
+        dense_next.append(dense_out)
     w = stats.solve(w0, spec.alpha)
     before, after = stats.error(w0), stats.error(w)
     with torch.no_grad():
         out_proj.weight.copy_(w.to(out_proj.weight.dtype))
+        delta = (out_proj.weight.float() - w0.float()).T  # [I, hidden]
+        nxt = [(o.float() + u.float() @ delta).to(o.dtype) for o, u in zip(outs, readouts)]
     norm = stats.tt if stats.tt > 0 else 1.0
-    return RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
+    report = RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
+    return report, nxt, (dense_next if dense_acts is not None else None)
 
 
 def prune_model(
@@ -265,14 +281,14 @@ def prune_model(
             keep = select_channels(scores, n_keep)
             dense_block = copy.deepcopy(block) if refit is not None else None
             prune_mixer(block.mixer, layout, keep.to(device))
-            if refit is not None:
-                report.refit.append(_refit_readout(idx, block, dense_block, acts, dense_acts, refit))
-                if dense_acts is not None:
-                    dense_acts = [_propagate(dense_block, a) for a in dense_acts]
-                del dense_block
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
-            acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block
+            if refit is not None:  # the refit pass also propagates: inputs of the next layer, through the refit block
+                layer_refit, acts, dense_acts = _refit_readout(idx, block, dense_block, acts, dense_acts, refit)
+                report.refit.append(layer_refit)
+                del dense_block
+            else:
+                acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block
             _release_free_heap()
         bar.close()
     model.config.state_size = max(state_sizes)

@@ -11,9 +11,10 @@ regularised toward the dense weights W₀ (so κ = 0, where u' = u and t = W₀ 
 (hidden × I) and ``Σ ||t||²``, all float64 — never the activations. The reconstruction error of any W follows from the
 same statistics: ``E(W) = Σ||t||² − 2 tr(W Σ u' tᵀ) + tr(W Σ u'u'ᵀ Wᵀ)``.
 
-Targets: ``local`` — t = W₀ u, the dense mixer's output on the same (pruned-network) inputs; ``global`` — t = the
-dense network's residual stream after layer l minus the pruned stream before it, so the block output matches the
-dense network's activation at that depth (corrects drift accumulated in earlier layers too). The weight stays in
+Targets: ``global`` (the product's ``--refit``) — t = the dense network's residual stream after layer l minus the
+pruned stream before it, so the block output matches the dense network's activation at that depth (corrects drift
+accumulated in earlier layers too); ``local`` (kept for the benchmark's ablation) — t = W₀ u, the dense mixer's
+output on the same (pruned-network) inputs. benchmarks/refit.py measures both. The weight stays in
 the standard Mamba2 layout (``mixer.out_proj.weight``): the checkpoint loads with transformers and vLLM unchanged.
 """
 

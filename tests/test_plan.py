@@ -269,3 +269,21 @@ def test_cpu_default_cache_patch_decision():
     dies = cfg()  # 0.92 × 24 GiB > 10 GiB available: stock vLLM fails to start
     assert choose_cache_size(dies, (24 * GiB, 10 * GiB)) == int(2.5 * GiB)
     assert dies.cache_config.kv_cache_memory_bytes == int(2.5 * GiB)
+
+
+def test_recall_model_plan_shows_measured_recall_beside_capacity(capsys):
+    """The recall model's what-ifs carry the recall accuracy the recall benchmark measured (issue: recall cost
+    next to the capacity), matched by method and sizes; unmeasured sizes say so."""
+    points = [json.loads(x) for x in open("benchmarks/results/recall/points.jsonl")]
+    dense = next(p for p in points if p["method"] == "dense" and p["format"] == "float32")["accuracy"]
+    ghost50 = next(p for p in points if p["name"] == "ghost" and p["sparsity"] == 0.5)
+    rc, out, _ = _run(capsys, "plan", "recall", "--cache-memory", "64MiB", "--dtype", "float32",
+                      "--sparsity", "0,0.5,0.6", "--json")
+    rows = {r["variant"]: r for r in json.loads(out)}
+    assert rows["dense"]["quality"]["value"] == pytest.approx(dense)
+    assert "MQAR" in rows["dense"]["quality"]["metric"]
+    assert rows["GHOST κ=0.5"]["state_sizes"] == ghost50["state_sizes"]
+    assert rows["GHOST κ=0.5"]["quality"]["value"] == pytest.approx(ghost50["accuracy"])
+    assert rows["GHOST κ=0.6"]["quality"] is None
+    rc, out, _ = _run(capsys, "plan", "recall", "--cache-memory", "64MiB", "--dtype", "float32", "--sparsity", "0.5")
+    assert f"recall {ghost50['accuracy']:.3f}" in out and "pts" in out

@@ -57,29 +57,40 @@ def _mixer(block, h):
         return block.mixer(block.norm(h.to(block.norm.weight.dtype)))
 
 
+@pytest.mark.parametrize("target", ["global", "local"])
 @pytest.mark.parametrize("n_groups", [1, 2])
-def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups):
+def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
+    """Measured by running layers, not from the fitting code's statistics: on the refit model's own layer inputs,
+    (a) ``local``: the mixer output vs the dense layer's on the same inputs; (b) ``global``: the block output vs the
+    dense network's activation at that depth — each for the refit layer and for the same pruned layer with its dense
+    out_proj (un-refit)."""
     from ghost_vllm.mamba.tiny import tiny_model
     from ghost_vllm.pipeline import RefitSpec, prune_model
 
     dense = tiny_model(seed=5, n_groups=n_groups, num_hidden_layers=3)
     tokens = _calib_tokens()
     refit = copy.deepcopy(dense)
-    report = prune_model(refit, tokens, "ghost", 0.5, batch_size=4, progress=False, refit=RefitSpec())
-    assert len(report.refit) == 3 and all(r.error_after < r.error_before for r in report.refit)
-    # independently: the refit model's own layer inputs through (a) the dense layer, (b) the pruned layer with its
-    # dense out_proj (un-refit), (c) the refit layer
+    report = prune_model(refit, tokens, "ghost", 0.5, batch_size=4, progress=False, refit=RefitSpec(target))
+    assert len(report.refit) == 3 and all(r.error_after < r.error_before and r.target == target for r in report.refit)
+    dense_acts = _layer_inputs(dense, tokens)
     for l, h in enumerate(_layer_inputs(refit, tokens)):
-        target = _mixer(dense.backbone.layers[l], h)
-        unrefit = copy.deepcopy(refit.backbone.layers[l])
-        unrefit.mixer.out_proj.weight.data.copy_(dense.backbone.layers[l].mixer.out_proj.weight)
-        e_unrefit = float((_mixer(unrefit, h) - target).double().pow(2).sum())
-        e_refit = float((_mixer(refit.backbone.layers[l], h) - target).double().pow(2).sum())
+        layer, dense_layer = refit.backbone.layers[l], dense.backbone.layers[l]
+        unrefit = copy.deepcopy(layer)
+        unrefit.mixer.out_proj.weight.data.copy_(dense_layer.mixer.out_proj.weight)
+        with torch.no_grad():
+            if target == "local":
+                goal = _mixer(dense_layer, h)
+                got_refit, got_unrefit = _mixer(layer, h), _mixer(unrefit, h)
+            else:  # the dense network's activation after layer l, relative to this layer's input
+                goal = dense_layer(dense_acts[l]).float() - h.float()
+                got_refit, got_unrefit = layer(h).float() - h.float(), unrefit(h).float() - h.float()
+        e_refit = float((got_refit - goal).double().pow(2).sum())
+        e_unrefit = float((got_unrefit - goal).double().pow(2).sum())
         assert e_refit < e_unrefit, (l, e_refit, e_unrefit)
         # and the report's relative figures are these errors over Σ||t||²
-        norm = float(target.double().pow(2).sum())
-        assert report.refit[l].error_before == pytest.approx(e_unrefit / norm, rel=1e-4)
-        assert report.refit[l].error_after == pytest.approx(e_refit / norm, rel=1e-4)
+        norm = float(goal.double().pow(2).sum())
+        assert report.refit[l].error_before == pytest.approx(e_unrefit / norm, rel=1e-3)
+        assert report.refit[l].error_after == pytest.approx(e_refit / norm, rel=1e-3)
 
 
 def test_refit_at_zero_sparsity_is_the_identity():

@@ -27,7 +27,8 @@ class PlanModel:
     original_state_size: int  # N before pruning (= state_size for a dense model)
     method: Optional[str]  # ghost checkpoints: the pruning method; None for a dense model
     allocation: Optional[str]  # ghost checkpoints: uniform | adaptive | explicit
-    from_reference: bool  # the bundled reference model, or pruned from it (measured quality may exist)
+    origin: Optional[str]  # 'reference' / 'recall': a bundled model or pruned from it (measured quality may exist)
+    refit: bool = False  # ghost checkpoints: out_proj re-solved after truncation
 
     @property
     def pruned(self) -> bool:
@@ -44,14 +45,28 @@ def bundled_names() -> list[str]:
     return [*REAL_CONFIGS, "Mamba-Codestral-7B"]
 
 
-def _reference_hash() -> str:
+def _bundled() -> dict[str, Path]:
+    from ghost_vllm import recall, reference
+
+    return {"reference": reference.MODEL_DIR, "recall": recall.MODEL_DIR}
+
+
+def _origin(path: Path, ghost: Optional[dict[str, Any]]) -> Optional[str]:
+    """Which bundled model ``path`` is, or was pruned from (by ghost.json's source sha256)."""
     from ghost_vllm.checkpoint import source_hash
-    from ghost_vllm.reference import MODEL_DIR
 
-    return source_hash(MODEL_DIR)
+    for name, d in _bundled().items():
+        if path.resolve() == d.resolve():
+            return name
+    sha = ((ghost or {}).get("source") or {}).get("sha256")
+    if sha:
+        for name, d in _bundled().items():
+            if (d / "config.json").is_file() and sha == source_hash(d):
+                return name
+    return None
 
 
-def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], from_reference: bool) -> PlanModel:
+def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], origin: Optional[str]) -> PlanModel:
     from ghost_vllm.mamba.budgets import config_state_sizes
     from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm
 
@@ -69,15 +84,16 @@ def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]]
     sizes = tuple(config_state_sizes(cfg, where=f"{name}/config.json"))
     if ghost is not None:
         return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", cfg["state_size"])),
-                         str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), from_reference)
+                         str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), origin,
+                         bool(ghost.get("refit")))
     if len(set(sizes)) > 1:  # per-layer sizes without ghost.json: pruned by someone, method unknown
-        return PlanModel(name, cfg, sizes, int(cfg["state_size"]), "unknown", "explicit", from_reference)
-    return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, from_reference)
+        return PlanModel(name, cfg, sizes, int(cfg["state_size"]), "unknown", "explicit", origin)
+    return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, origin)
 
 
 def plan_model_from_config(name: str, cfg: dict[str, Any]) -> PlanModel:
     """A model from its config dict alone (a running engine's ``hf_config.to_dict()``); ModelError if not Mamba2."""
-    return _from_config(name, cfg, None, False)
+    return _from_config(name, cfg, None, None)
 
 
 def resolve_plan_model(name: str) -> PlanModel:
@@ -85,28 +101,22 @@ def resolve_plan_model(name: str) -> PlanModel:
     from ghost_vllm.mamba.ssm_layout import mamba_ssm_config
 
     if name in bundled_names():
-        return _from_config(name, mamba_ssm_config(name), None, False)
-    if name == "reference":
-        from ghost_vllm.reference import MODEL_DIR
-
-        return _from_config(name, read_config(MODEL_DIR), None, True)
+        return _from_config(name, mamba_ssm_config(name), None, None)
+    if name in _bundled():
+        return _from_config(name, read_config(_bundled()[name]), None, name)
     path = Path(name).expanduser()
     if path.is_dir():
         cfg = read_config(path)
         ghost = read_ghost_json(path) if (path / GHOST_FILE).is_file() else None
-        src = (ghost or {}).get("source") or {}
-        from ghost_vllm.reference import MODEL_DIR
-
-        from_ref = path.resolve() == MODEL_DIR.resolve() or (bool(src.get("sha256")) and src["sha256"] == _reference_hash())
-        return _from_config(name, cfg, ghost, from_ref)
+        return _from_config(name, cfg, ghost, _origin(path, ghost))
     if _is_hub_id(name):
         snap = _hub_snapshot(name, patterns=("config.json",), flag="MODEL", what="model directory or bundled name")
         try:
             cfg = json.loads((snap / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ModelError(f"{name}: the Hub snapshot has no readable config.json ({e})") from None
-        return _from_config(name, cfg, None, False)
-    raise ModelError(f"{name}: unknown model; pass a checkpoint directory, a Hub id (org/name), 'reference' or a "
+        return _from_config(name, cfg, None, None)
+    raise ModelError(f"{name}: unknown model; pass a checkpoint directory, a Hub id (org/name), 'reference', 'recall' or a "
                      f"bundled config ({', '.join(bundled_names())})")
 
 

@@ -117,7 +117,7 @@ def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: P
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
     L, N = shape.num_hidden_layers, model.original_state_size
-    q = measured_quality(model.from_reference, method, sizes, s.results)
+    q = measured_quality(model.origin, method, sizes, s.results)
     return PlanRow(
         model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
         dtype=s.model_dtype(model), ssm_dtype=s.ssm_dtype(model), tensor_parallel_size=s.tensor_parallel_size,
@@ -137,7 +137,7 @@ def _kept(n: int, sparsity: float, multiple_of: int) -> int:
 def plan_variants(model: PlanModel, settings: PlanSettings, sparsities: Optional[Sequence[float]] = None) -> list[PlanRow]:
     """The model as it stands, or (``sparsities``, dense models only) uniform GHOST what-ifs at each κ."""
     if not sparsities:
-        method = model.method or "dense"
+        method = (model.method or "dense") + ("+refit" if model.refit else "")
         label = f"as is ({model.method}, {model.allocation})" if model.pruned else "as is (dense)"
         return [_row(model, label, model.state_sizes, method, settings)]
     _check_dense(model, "--sparsity")
@@ -191,9 +191,9 @@ def _quality_text(row: PlanRow) -> str:
     q = row.quality
     if q is None:
         return "not measured"
-    if row.sparsity == 0:
-        return f"{q['value']:.2f} (dense)"
-    return f"{q['value']:.2f} ({q['increase_pct']:+.2f} %)"
+    from ghost_vllm.planner.quality import Quality
+
+    return Quality(q["metric"], q["dense"], q["value"], q["source"]).text(row.sparsity == 0)
 
 
 def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, unreachable: Optional[int] = None) -> str:
@@ -215,7 +215,7 @@ def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, u
                      f"one Mamba block = one sequence's state in every layer = "
                      + ("L × largest page (stock vLLM padding)" if settings.padded else "Σ_l page_l"))
     lines.append("  | variant | N' | state B/seq (conv + SSM) | block B | cache B | Mamba blocks | concurrent seqs | "
-                 "largest --max-num-seqs | WikiText-2 ppl (measured) |")
+                 "largest --max-num-seqs | measured quality |")
     lines.append("  |---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = str(r.state_size) if len(set(r.state_sizes)) == 1 else "/".join(map(str, r.state_sizes))

@@ -1,9 +1,11 @@
 """Quality figures the project has measured (``benchmarks/results/``), looked up for a planned variant — never
 estimated: a variant without a measurement is "not measured".
 
-Today the measurements cover the bundled reference model: WikiText-2 raw test token perplexity (first 131,072
-tokens, seq 512) from ``fidelity/points.jsonl`` (uniform, every method) and ``budgets/points.jsonl`` (uniform and
-adaptive GHOST). A variant matches a measurement by method and the exact per-layer state sizes."""
+The measurements cover the two bundled models:
+* ``reference`` — WikiText-2 raw test token perplexity (first 131,072 tokens, seq 512) from ``fidelity/points.jsonl``
+  (uniform, every method) and ``budgets/points.jsonl`` (uniform and adaptive GHOST);
+* ``recall`` — MQAR exact-match accuracy (256 held-out sequences per level) from ``recall/points.jsonl``.
+A variant matches a measurement by method (and refit) and the exact per-layer state sizes."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Optional, Sequence
 
 __all__ = ["Quality", "default_results_dir", "measured_quality"]
 
-METRIC = "WikiText-2 token ppl (seq 512, 131,072 tokens)"
+PPL = "WikiText-2 token ppl (seq 512, 131,072 tokens)"
+RECALL = "MQAR recall accuracy (256 held-out sequences per level)"
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,23 @@ class Quality:
     source: str  # results file the figure comes from
 
     @property
-    def increase_pct(self) -> float:
-        return 100.0 * (self.value / self.dense - 1.0)
+    def change(self) -> float:
+        """Perplexity: % increase; accuracy: points lost (positive = worse)."""
+        if self.metric == PPL:
+            return 100.0 * (self.value / self.dense - 1.0)
+        return 100.0 * (self.dense - self.value)
+
+    @property
+    def increase_pct(self) -> float:  # perplexity rows (kept for the JSON's readers)
+        return self.change
+
+    def text(self, dense_row: bool) -> str:
+        if self.metric == PPL:
+            return f"ppl {self.value:.2f}" + (" (dense)" if dense_row else f" ({self.change:+.2f} %)")
+        return f"recall {self.value:.3f}" + (" (dense)" if dense_row else f" (−{self.change:.1f} pts)")
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"increase_pct": self.increase_pct}
+        return asdict(self) | ({"increase_pct": self.change} if self.metric == PPL else {"points_lost": self.change})
 
 
 def default_results_dir() -> Optional[Path]:
@@ -50,7 +65,10 @@ def _rows(path: Path) -> list[dict]:
     return out
 
 
-def _measurements(results: Path) -> tuple[Optional[float], dict[tuple[str, tuple[int, ...]], tuple[float, str]]]:
+Table = dict[tuple[str, tuple[int, ...]], tuple[float, str]]
+
+
+def _reference(results: Path) -> tuple[Optional[float], Table]:
     dense, table = None, {}
     for rel in ("fidelity/points.jsonl", "budgets/points.jsonl"):
         for r in _rows(results / rel):
@@ -69,15 +87,32 @@ def _measurements(results: Path) -> tuple[Optional[float], dict[tuple[str, tuple
     return dense, table
 
 
-def measured_quality(from_reference: bool, method: str, state_sizes: Sequence[int],
+def _recall(results: Path) -> tuple[Optional[float], Table]:
+    dense, table = None, {}
+    for r in _rows(results / "recall" / "points.jsonl"):
+        if r.get("format", "float32") != "float32":
+            continue
+        if r["method"] == "dense":
+            dense = float(r["accuracy"])
+        elif r["method"] != "random":
+            key = r["method"] + ("+refit" if r.get("variant") == "refit" else "")
+            table.setdefault((key, tuple(int(n) for n in r["state_sizes"])), (float(r["accuracy"]),
+                                                                              "benchmarks/results/recall/points.jsonl"))
+    return dense, table
+
+
+def measured_quality(origin: Optional[str], method: str, state_sizes: Sequence[int],
                      results: Optional[Path]) -> Optional[Quality]:
-    """The measured perplexity of this variant of the reference model, or None."""
-    if not from_reference or results is None:
+    """The measured quality of this variant of a bundled model (``origin`` 'reference' or 'recall'), or None.
+    ``method`` is 'dense', a pruning method, or '<method>+refit'."""
+    if origin is None or results is None:
         return None
-    dense, table = _measurements(results)
+    dense, table = (_reference if origin == "reference" else _recall)(results)
+    metric = PPL if origin == "reference" else RECALL
+    source = "benchmarks/results/" + ("fidelity/points.jsonl" if origin == "reference" else "recall/points.jsonl")
     if dense is None:
         return None
     if method == "dense":
-        return Quality(METRIC, dense, dense, "benchmarks/results/fidelity/points.jsonl")
+        return Quality(metric, dense, dense, source)
     hit = table.get((method, tuple(int(n) for n in state_sizes)))
-    return Quality(METRIC, dense, hit[0], hit[1]) if hit else None
+    return Quality(metric, dense, hit[0], hit[1]) if hit else None
