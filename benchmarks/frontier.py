@@ -1,8 +1,7 @@
 """Quality per state byte on the reference model: GHOST (uniform, + readout refit, per-layer adaptive) at
 κ ∈ {0, 0.25, 0.5, 0.75, 0.875} × SSM-state storage ∈ {float32, bfloat16, float16, fp8-e4m3, int8 (per-head
-scales)}, and the real vLLM engine for the state dtypes it accepts. Grid (``GRID``, sized to this 2-core machine: a narrow-format
-point is a token-by-token scan): every format for the dense model, the formats that decide the 2× / 4× questions
-for GHOST and GHOST + refit, float32 for the rest.
+scales)}, and the real vLLM engine for the state dtypes it accepts. Grid (``GRID``): every format for every variant and κ
+(adaptive from κ 0.5; κ = 0 is the dense model).
 
     python benchmarks/frontier.py              # simulated grid (resumable), then the engine → benchmarks/results/frontier/
     python benchmarks/frontier.py --engine-only
@@ -53,11 +52,9 @@ VARIANTS = ("ghost", "ghost+refit", "adaptive")
 # the grid (each point is a sequential-scan evaluation): every format for uniform GHOST; the formats that matter
 # for the other variants
 ALL = ("float32", "bfloat16", "float16", "fp8_e4m3", "int8")
-GRID = {"ghost": {0.0: ALL, 0.25: ("float32",), 0.5: ("float32", "bfloat16", "int8"), 0.75: ("float32", "bfloat16"),
-                  0.875: ("float32",)},
-        "ghost+refit": {0.25: ("float32",), 0.5: ("float32", "bfloat16"), 0.75: ("float32", "bfloat16"),
-                        0.875: ("float32",)},
-        "adaptive": {0.5: ("float32",), 0.75: ("float32",), 0.875: ("float32",)}}
+GRID = {"ghost": {k: ALL for k in KAPPAS},
+        "ghost+refit": {k: ALL for k in KAPPAS[1:]},
+        "adaptive": {k: ALL for k in KAPPAS[2:]}}
 ENGINE_MEMORY = 256 * 2**20
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
 
