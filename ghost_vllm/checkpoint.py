@@ -144,27 +144,53 @@ def weight_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return shapes
 
 
-def _expected_mixer_shapes(cfg: dict[str, Any], N: int) -> dict[str, tuple[int, ...]]:
-    H, P, G = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"]
-    hid, K = cfg["hidden_size"], cfg.get("conv_kernel", 4)
-    I = H * P
+def _expected_mixer_shapes(layout, N: int) -> dict[str, tuple[int, ...]]:
+    new = layout.with_state_size(N)
+    H = layout.num_heads
     return {
-        "in_proj.weight": (2 * I + 2 * G * N + H, hid),
-        "conv1d.weight": (I + 2 * G * N, 1, K),
+        "in_proj.weight": (new.in_proj_rows, layout.hidden_size),
+        "conv1d.weight": (new.conv_dim, 1, layout.conv_kernel),
         "A_log": (H,),
         "D": (H,),
         "dt_bias": (H,),
-        "out_proj.weight": (hid, I),
+        "out_proj.weight": (layout.hidden_size, layout.intermediate_size),
     }
 
 
+def model_family(cfg: dict[str, Any], where: str = "config.json"):
+    """The :class:`~ghost_vllm.families.Family` of a config dict, its Mamba layers and mixer layout checked
+    (:class:`ModelError` naming the supported families, or the config key that is wrong)."""
+    from ghost_vllm.families import family_for_config
+
+    family = family_for_config(cfg, where)
+    try:
+        family.layout(cfg)
+        if not family.mamba_layers(cfg):
+            raise ValueError("no Mamba2 layer in the layer pattern")
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"{where}: not a valid {family.hf_architectures[0]} config ({e}); restore the original "
+                         f"config.json") from None
+    return family
+
+
+def mixer_prefix(family, cfg: dict[str, Any], layer: int, shapes: dict[str, Any], where: Path) -> str:
+    """The on-disk prefix of layer ``layer``'s mixer tensors (the family may know several spellings)."""
+    for prefix in family.mixer_prefixes(cfg, layer):
+        if f"{prefix}in_proj.weight" in shapes:
+            return prefix
+    raise ModelError(f"{where}: tensor {family.mixer_prefixes(cfg, layer)[0]}in_proj.weight is missing from the "
+                     f"safetensors files")
+
+
 def validate_model_dir(model_dir: Path) -> dict[str, Any]:
-    """Check config and weight shapes of a HF Mamba2 directory; return the config. Loads no weights."""
+    """Check config and the Mamba2 mixers' weight shapes of a HF model directory of a supported family; return the
+    config. Loads no weights."""
     cfg = read_config(model_dir)
-    if cfg.get("model_type") != "mamba2":
-        raise ModelError(
-            f"{model_dir}: model_type is {cfg.get('model_type')!r}, not 'mamba2'; ghost_vllm prunes Mamba2 models only"
-        )
+    family = model_family(cfg, f"{model_dir}/config.json")
+    if family.name != "mamba2":
+        sizes = family.state_sizes(cfg, f"{model_dir}/config.json")
+        _check_mixer_shapes(model_dir, family, cfg, sizes, weight_shapes(model_dir))
+        return cfg
     for key in ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "n_groups", "state_size"):
         v = cfg.get(key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -179,18 +205,25 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
         )
     sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
     shapes = weight_shapes(model_dir)
-    for i, n in enumerate(sizes):
-        for suffix, shape in _expected_mixer_shapes(cfg, n).items():
-            name = f"backbone.layers.{i}.mixer.{suffix}"
+    _check_mixer_shapes(model_dir, family, cfg, sizes, shapes)
+    if not any(k.startswith("backbone.embedding") for k in shapes):
+        raise ModelError(f"{model_dir}: no embedding tensor (backbone.embeddings.weight) in the safetensors files")
+    return cfg
+
+
+def _check_mixer_shapes(model_dir: Path, family, cfg: dict[str, Any], sizes: Sequence[int],
+                        shapes: dict[str, Any]) -> None:
+    layout = family.layout(cfg)
+    for i, n in zip(family.mamba_layers(cfg), sizes):
+        prefix = mixer_prefix(family, cfg, i, shapes, model_dir)
+        for suffix, shape in _expected_mixer_shapes(layout, n).items():
+            name = f"{prefix}{suffix}"
             if name not in shapes:
                 raise ModelError(f"{model_dir}: tensor {name} is missing from the safetensors files")
             if shapes[name][0] != shape:
                 raise ModelError(
                     f"{model_dir}: {name} has shape {list(shapes[name][0])}, config.json implies {list(shape)}"
                 )
-    if not any(k.startswith("backbone.embedding") for k in shapes):
-        raise ModelError(f"{model_dir}: no embedding tensor (backbone.embeddings.weight) in the safetensors files")
-    return cfg
 
 
 def source_hash(model_dir: Path, any_weights: bool = False) -> str:
@@ -216,7 +249,10 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
 
     from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors
 
-    sizes = config_state_sizes(validate_model_dir(model_dir))
+    cfg = validate_model_dir(model_dir)
+    if cfg.get("model_type") != "mamba2":
+        return _load_family_model(model_dir, cfg, dtype, device)
+    sizes = config_state_sizes(cfg)
     target = None if dtype == "auto" else TORCH_DTYPES[dtype]
     sd: dict[str, torch.Tensor] = {}
     for f in _safetensors_files(model_dir):
@@ -226,6 +262,29 @@ def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
         stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
         target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
     return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes)
+
+
+def _load_family_model(model_dir: Path, cfg: dict[str, Any], dtype: str, device: str):
+    """A hybrid family's own transformers class (chosen by model_type; never remote code), safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    from ghost_vllm.families import family_for_config
+    from ghost_vllm.weights import TORCH_DTYPES
+
+    _safetensors_files(model_dir)  # refuses pickles before transformers could look at them
+    torch_dtype = "auto" if dtype == "auto" else TORCH_DTYPES[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True,
+                                                     use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{model_dir}: transformers could not load it ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200]})") from None
+    model = model.to(device).eval()
+    family_for_config(cfg).prepare_model(model)
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ModelError(f"{model_dir}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
+    return model
 
 
 def resolve_tokenizer_path(override: str) -> Path:
@@ -330,7 +389,10 @@ def write_checkpoint(
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["architectures"] = [GHOST_ARCHITECTURE]  # model_type stays mamba2: transformers still loads it
+        from ghost_vllm.families import family_for_config
+
+        # model_type stays the family's: transformers still loads it with the family's own class
+        cfg["architectures"] = [family_for_config(cfg).ghost_architecture]
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         tok_src = Path(tokenizer_override) if tokenizer_override else source_dir
         if tok_src.is_file():

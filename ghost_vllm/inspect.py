@@ -14,19 +14,23 @@ __all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection"]
 
 
 def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
-    """N of every layer, from ``in_proj`` rows = 2I + 2GN + H."""
+    """N of every Mamba layer (the family's Mamba layers, in order), from ``in_proj`` rows = 2I + 2GN + H."""
+    from ghost_vllm.checkpoint import model_family
+
+    family = model_family(cfg, f"{model_dir}/config.json")
+    layout = family.layout(cfg)
     shapes = weight_shapes(model_dir)
-    I = cfg["num_heads"] * cfg["head_dim"]
     out = []
-    for i in range(cfg["num_hidden_layers"]):
-        name = f"backbone.layers.{i}.mixer.in_proj.weight"
-        if name not in shapes:
-            raise CheckpointError(f"{model_dir}: tensor {name} is missing")
+    for i in family.mamba_layers(cfg):
+        names = [f"{prefix}in_proj.weight" for prefix in family.mixer_prefixes(cfg, i)]
+        name = next((n for n in names if n in shapes), None)
+        if name is None:
+            raise CheckpointError(f"{model_dir}: tensor {names[0]} is missing")
         rows = shapes[name][0][0]
-        n2g = rows - 2 * I - cfg["num_heads"]
-        if n2g <= 0 or n2g % (2 * cfg["n_groups"]):
+        n2g = rows - 2 * layout.intermediate_size - layout.num_heads
+        if n2g <= 0 or n2g % (2 * layout.n_groups):
             raise CheckpointError(f"{model_dir}: {name} has {rows} rows, which fits no state_size")
-        out.append(n2g // (2 * cfg["n_groups"]))
+        out.append(n2g // (2 * layout.n_groups))
     return out
 
 
@@ -40,18 +44,23 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     else:
         cfg = read_config(model_dir)
         per_layer = layer_state_sizes(model_dir, cfg)
+    from ghost_vllm.checkpoint import model_family
+
+    family = model_family(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"})
     dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
-    n_orig = int(ghost["state_size_original"]) if ghost else int(cfg["state_size"])
+    n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
     pruned = state_size_of(cfg, dtype=dtype, state_sizes=per_layer)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype)
     return {
         "model": str(model_dir),
         "architecture": (cfg.get("architectures") or ["?"])[0],
         "dtype": dtype,
-        "layers": cfg["num_hidden_layers"],
-        "n_groups": cfg["n_groups"],
-        "state_size": int(cfg["state_size"]),
+        "family": family.name,
+        "layers": family.num_layers(cfg),
+        "mamba_layers": family.mamba_layers(cfg),
+        "n_groups": family.layout(cfg).n_groups,
+        "state_size": family.state_size(cfg),
         "state_size_original": n_orig,
         "state_size_per_layer": per_layer,
         "bytes_per_layer": list(pruned.layer_bytes),
@@ -70,7 +79,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     mib = 1 / 2**20
     lines = [
         f"model            {info['model']} ({info['architecture']}, {info['dtype']})",
-        f"layers           {info['layers']}, n_groups {info['n_groups']}",
+        f"layers           {info['layers']}" + (f" ({len(info['mamba_layers'])} with a Mamba2 mixer)"
+                                                    if len(info["mamba_layers"]) != info["layers"] else "")
+        + f", n_groups {info['n_groups']}",
         f"state_size N     {info['state_size_original']} → {info['state_size']}"
         + (f"  ({info['method']}, κ={info['sparsity']})" if info["method"] else ""),
         f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}"

@@ -13,9 +13,11 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ghost_vllm.families import Family, family_for_config
 from ghost_vllm.mamba.budgets import LAYER_STATE_SIZES_KEY, is_uniform
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
+from ghost_vllm.stats.capture import BlockCall, capture_block_inputs, mixer_input, run_block
 from ghost_vllm.refit import DEFAULT_ALPHA, ReadoutStats, RefitLayer, capture_readout_input
 from ghost_vllm.scoring import NEEDS_BACKWARD, NEEDS_STATE_STATS, SCORERS, LayerStats
 from ghost_vllm.selection import kept_count, select_channels
@@ -89,11 +91,16 @@ def _bc_rows(mixer, layout: InProjLayout) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progress: Optional[tqdm] = None) -> ChannelMoments:
-    """Stream one layer's scan statistics over the cached inputs ``[b, T, hidden]`` (block inputs, before its norm)."""
+def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progress: Optional[tqdm] = None,
+                  family: Optional[Family] = None, calls: Optional[list[BlockCall]] = None) -> ChannelMoments:
+    """Stream one layer's scan statistics over the cached inputs ``[b, T, hidden]`` (block inputs; the mixer's own
+    input is what the block hands it — after its norm, and for a Zamba2 hybrid layer after the shared attention)."""
+    family = family or family_for_config({"model_type": "mamba2"})
+    mixer = family.mixer(block)
     acc = StateChannelAccumulator(layout.n_groups, layout.state_size, layout.heads_per_group, layout.head_dim)
-    for x in inputs:
-        s = mixer_ssm_inputs(block.mixer, layout, block.norm(x.to(block.norm.weight.dtype)))
+    for i, x in enumerate(inputs):
+        h = mixer_input(block, mixer, x, calls[i] if calls else BlockCall())
+        s = mixer_ssm_inputs(mixer, layout, h * family.input_scale(mixer), family.in_proj_scale(mixer))
         ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update)
         if progress is not None:
             progress.update(1)
@@ -179,8 +186,11 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def _propagate(block, acts: torch.Tensor) -> torch.Tensor:
-    """``block(acts)`` a few windows at a time, in place of the input batch (at most one extra copy is alive)."""
+def _propagate(block, acts: torch.Tensor, call: Optional[BlockCall] = None) -> torch.Tensor:
+    """``block(acts)`` a few windows at a time, in place of the input batch (at most one extra copy is alive). With
+    captured keyword arguments (hybrids: masks, rotary tables, … of the whole batch) the batch runs at once."""
+    if call:
+        return run_block(block, acts, call)
     out = torch.empty_like(acts)
     for i in range(0, acts.shape[0], PROPAGATE_WINDOWS):
         out[i : i + PROPAGATE_WINDOWS] = block(acts[i : i + PROPAGATE_WINDOWS])
@@ -252,12 +262,18 @@ def prune_model(
     to ``state_sizes[l]`` (per-layer budgets; ``sparsity`` is then only recorded). ``refit``: re-solve each pruned
     layer's ``out_proj`` on the calibration activations (:mod:`ghost_vllm.refit`)."""
     scorer = SCORERS[method]
-    layout = InProjLayout.from_config(model.config)
-    layers = model.backbone.layers
+    family = family_for_config(model.config)
+    layout = family.layout(model.config)
+    blocks = family.blocks(model)
+    mamba = [i for i, block in enumerate(blocks) if family.mixer(block) is not None]
     if state_sizes is None:
-        state_sizes = [kept_count(layout.state_size, sparsity, multiple_of)] * len(layers)
-    if len(state_sizes) != len(layers) or not all(1 <= n <= layout.state_size for n in state_sizes):
-        raise AssertionError(f"state sizes {list(state_sizes)} for {len(layers)} layers of N={layout.state_size}")
+        state_sizes = [kept_count(layout.state_size, sparsity, multiple_of)] * len(mamba)
+    if len(state_sizes) != len(mamba) or not all(1 <= n <= layout.state_size for n in state_sizes):
+        raise AssertionError(f"state sizes {list(state_sizes)} for {len(mamba)} Mamba layers of N={layout.state_size}")
+    if method in NEEDS_BACKWARD and not family.supports_backward_scoring:
+        raise AssertionError(f"{method} scoring is not implemented for {family.name}")
+    if refit is not None and not family.supports_refit:
+        raise AssertionError(f"the readout refit is not implemented for {family.name}")
     report = PruneReport(method, sparsity, layout.state_size, max(state_sizes))
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -266,21 +282,34 @@ def prune_model(
 
     mask_grads = taylor_mask_grads(model, tokens, batch_size, progress) if method in NEEDS_BACKWARD else None
     batches = tokens.split(batch_size)
+    budget = dict(zip(mamba, state_sizes))
     with torch.no_grad():
-        acts = [model.backbone.embeddings(b.to(device)) for b in batches]
+        embeddings = family.embeddings(model)
+        if embeddings is not None:  # the first block's input is the embedding output; blocks take no other input
+            acts = [embeddings(b.to(device)) for b in batches]
+            block_kwargs: list[list[BlockCall]] = [[BlockCall() for _ in batches] for _ in blocks]
+        else:  # hybrids: one dense forward records each block's input and keyword arguments (masks, rotary, …)
+            acts, block_kwargs = capture_block_inputs(model, blocks, [b.to(device) for b in batches])
         dense_acts = [a.clone() for a in acts] if refit is not None and refit.target == "global" else None
-        bar = tqdm(total=len(layers) * len(batches), desc=f"{method} layers", unit="batch", disable=not progress)
-        for idx, (block, n_keep) in enumerate(zip(layers, state_sizes)):
-            bar.set_postfix(layer=f"{idx + 1}/{len(layers)}")
-            moments = layer_moments(block, layout, acts, bar) if method in NEEDS_STATE_STATS else None
+        bar = tqdm(total=len(mamba) * len(batches), desc=f"{method} layers", unit="batch", disable=not progress)
+        for idx, block in enumerate(blocks):
+            kw = block_kwargs[idx]
+            if idx not in budget:  # attention / MLP / MoE block: carried through unchanged
+                acts = [_propagate(block, a, k) for a, k in zip(acts, kw)]
+                continue
+            n_keep, mixer = budget[idx], family.mixer(block)
+            bar.set_postfix(layer=f"{idx + 1}/{len(blocks)}")
+            moments = layer_moments(block, layout, acts, bar, family, kw) if method in NEEDS_STATE_STATS else None
             if moments is None:
                 bar.update(len(batches))
-            w_B, w_C = _bc_rows(block.mixer, layout)
-            stats = LayerStats(idx, w_B, w_C, moments, None if mask_grads is None else mask_grads[idx], seed)
+            w_B, w_C = _bc_rows(mixer, layout)
+            grads = None if mask_grads is None else mask_grads[mamba.index(idx)]
+            stats = LayerStats(idx, w_B, w_C, moments, grads, seed)
             scores = scorer(stats)
             keep = select_channels(scores, n_keep)
             dense_block = copy.deepcopy(block) if refit is not None else None
-            prune_mixer(block.mixer, layout, keep.to(device))
+            prune_mixer(mixer, layout, keep.to(device))
+            family.after_resize(mixer, layout.in_proj_keep_rows(keep), n_keep)
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
             if refit is not None:  # the refit pass also propagates: inputs of the next layer, through the refit block
@@ -288,18 +317,20 @@ def prune_model(
                 report.refit.append(layer_refit)
                 del dense_block
             else:
-                acts = [_propagate(block, a) for a in acts]  # inputs of the next layer, through the pruned block
+                acts = [_propagate(block, a, k) for a, k in zip(acts, kw)]  # next inputs, through the pruned block
             _release_free_heap()
         bar.close()
-    model.config.state_size = max(state_sizes)
+    family.set_state_size(model.config, max(state_sizes))
     if is_uniform(state_sizes):
         if hasattr(model.config, LAYER_STATE_SIZES_KEY):
             delattr(model.config, LAYER_STATE_SIZES_KEY)
     else:
+        if not family.per_layer_budgets:
+            raise AssertionError(f"per-layer state sizes are not servable for {family.name}")
         setattr(model.config, LAYER_STATE_SIZES_KEY, list(state_sizes))
     report.calibration_s = time.perf_counter() - t0
     if device.type == "cuda":
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
-    log.info("pruned %d layers: N %d → %s (%s) in %.1f s", len(layers), layout.state_size,
+    log.info("pruned %d Mamba layers: N %d → %s (%s) in %.1f s", len(mamba), layout.state_size,
              state_sizes[0] if is_uniform(state_sizes) else list(state_sizes), method, report.calibration_s)
     return report

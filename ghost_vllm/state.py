@@ -1,14 +1,13 @@
 """Exact arithmetic of the Mamba2 recurrent state per sequence (what vLLM's MambaStateShapeCalculator allocates):
-per layer a conv state of ``(K-1)·(I + 2·G·N_l)`` and an SSM state of ``H·head_dim·N_l`` elements, summed over the
-layers (N_l = ``state_size`` in every layer, or the checkpoint's per-layer ``layer_state_sizes``)."""
+per Mamba layer (every layer of a pure Mamba2, the family's Mamba layers of a hybrid) a conv state of
+``(K-1)·(I + 2·G·N_l)`` and an SSM state of ``H·head_dim·N_l`` elements, summed over the layers (N_l = the d_state in
+every layer, or a Mamba2 checkpoint's per-layer ``layer_state_sizes``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-from ghost_vllm.mamba.budgets import config_state_sizes
-from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["StateSize", "state_size_of", "DTYPE_BYTES"]
 
@@ -36,24 +35,20 @@ class StateSize:
 
 def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtype: Optional[str] = None,
                   ssm_dtype: Optional[str] = None, state_sizes: Optional[Sequence[int]] = None) -> StateSize:
-    """State per sequence for a Mamba2 ``config.json`` dict: every layer at ``state_size``, or per layer at
-    ``state_sizes``, or (neither given) as the config says (``layer_state_sizes`` when present). ``dtype`` is the
-    conv-state dtype (default: the config's ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same)."""
+    """Mamba state per sequence for a ``config.json`` dict of any supported family (a dict without ``model_type`` is
+    read as Mamba2): every Mamba layer at ``state_size``, or per Mamba layer at ``state_sizes``, or (neither given) as
+    the config says (``layer_state_sizes`` when present). ``dtype`` is the conv-state dtype (default: the config's
+    ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same). Attention KV is not included
+    (:mod:`ghost_vllm.planner.hybrid`)."""
+    from ghost_vllm.families import family_for_config
 
-    class _C:  # InProjLayout.from_config reads attributes
-        pass
-
-    c = _C()
-    for k in ("hidden_size", "num_heads", "head_dim", "n_groups"):
-        setattr(c, k, config[k])
-    L = int(config["num_hidden_layers"])
+    family = family_for_config(config if config.get("model_type") else {**config, "model_type": "mamba2"})
+    L = len(family.mamba_layers(config))
     if state_sizes is None:
-        state_sizes = [state_size] * L if state_size is not None else config_state_sizes(config)
+        state_sizes = [state_size] * L if state_size is not None else family.state_sizes(config)
     if len(state_sizes) != L:
-        raise AssertionError(f"{len(state_sizes)} state sizes for {L} layers")
-    c.state_size = max(state_sizes)
-    c.conv_kernel = config.get("conv_kernel", 4)
-    layout = InProjLayout.from_config(c)
+        raise AssertionError(f"{len(state_sizes)} state sizes for {L} Mamba layers")
+    layout = family.layout(config).with_state_size(max(state_sizes))
     dtype = dtype or str(config.get("torch_dtype") or config.get("dtype") or "float32")
     ssm_dtype = ssm_dtype or dtype
     conv = ssm = 0

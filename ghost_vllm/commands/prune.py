@@ -15,6 +15,7 @@ from ghost_vllm.calib.sources import TOKEN_SOURCES
 from ghost_vllm.calib.windows import generated_windows
 from ghost_vllm.checkpoint import (
     check_output_location,
+    model_family,
     load_model,
     read_config,
     load_tokenizer,
@@ -29,6 +30,7 @@ from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_d
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.pipeline import PruneReport, RefitSpec, prune_model
 from ghost_vllm.recipe import Recipe
+from ghost_vllm.scoring import NEEDS_BACKWARD
 from ghost_vllm.selection import check_state_sizes, kept_count
 from ghost_vllm.state import state_size_of
 
@@ -48,7 +50,7 @@ class PruneOutcome:
         n = str(sizes[0]) if len(set(sizes)) == 1 else f"[{', '.join(map(str, sizes))}] ({g['allocation']})"
         return (
             f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']:.4g}, N {g['state_size_original']} → {n} "
-            f"in {g['num_hidden_layers']} layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
+            f"in {len(g.get('mamba_layers', sizes))} Mamba layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
             f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); calibration "
             f"{g['timings']['calibration_s']:.1f} s"
         )
@@ -56,6 +58,9 @@ class PruneOutcome:
 
 def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict, model_dir: Path, digest: str,
                dtype: str, allocation: Optional[Allocation] = None) -> dict:
+    from ghost_vllm.families import family_for_config
+
+    family = family_for_config(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"})
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
     new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
     kind = "explicit" if recipe.selection.state_sizes is not None else recipe.selection.allocation
@@ -72,8 +77,10 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
         "allocation": kind,
         "state_sizes": report.state_sizes,
         "state_bytes_per_layer": list(new.layer_bytes),
-        "n_groups": cfg["n_groups"],
-        "num_hidden_layers": cfg["num_hidden_layers"],
+        "family": family.name,
+        "n_groups": family.layout(cfg).n_groups,
+        "num_hidden_layers": family.num_layers(cfg),
+        "mamba_layers": family.mamba_layers(cfg),
         "state_bytes_per_sequence_original": orig.bytes_per_sequence,
         "state_bytes_per_sequence": new.bytes_per_sequence,
         "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
@@ -111,11 +118,27 @@ def _check_target(recipe: Recipe, model_dir: Path) -> Path:
     return target
 
 
+def _check_family_supports(family, recipe: Recipe) -> None:
+    """What the hybrid families do not have yet, refused before anything is loaded."""
+    sel = recipe.selection
+    where = f"{family.hf_architectures[0]} ({family.name})"
+    if not family.per_layer_budgets and (sel.allocation != "uniform" or sel.state_sizes is not None):
+        raise RecipeError(f"selection: per-layer state budgets are served for pure Mamba2 only, not {where}; use "
+                          f"allocation: uniform (the default) without state_sizes")
+    if sel.method in NEEDS_BACKWARD and not family.supports_backward_scoring:
+        raise RecipeError(f"selection.method: {sel.method} needs our differentiable Mamba2 forward, which covers pure "
+                          f"Mamba2 only, not {where}; use ghost, magnitude or random")
+    if sel.refit and not family.supports_refit:
+        raise RecipeError(f"selection.refit: the readout refit covers pure Mamba2 only, not {where}; drop --refit")
+
+
 def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bool, mamba_ssm: bool) -> PruneOutcome:
     # cheap checks first: model config/shapes, output target, sparsity vs N, calibration text
     target = _check_target(recipe, model_dir)
     sel = recipe.selection
-    N, L = int(cfg["state_size"]), int(cfg["num_hidden_layers"])
+    family = model_family(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"}, f"{model_dir}/config.json")
+    _check_family_supports(family, recipe)
+    N, L = family.state_size(cfg), len(family.mamba_layers(cfg))
     if cfg.get("layer_state_sizes") is not None:
         raise ModelError(f"{model_dir}: already has per-layer state sizes; prune the original dense model instead")
     uniform_n = kept_count(N, sel.sparsity, sel.multiple_of)

@@ -84,12 +84,16 @@ class SSMInputs:
         self.z, self.x, self.dt, self.A, self.B, self.C, self.D = z, x, dt, A, B, C, D
 
 
-def mixer_ssm_inputs(mixer, layout: InProjLayout, hidden: torch.Tensor) -> SSMInputs:
-    """in_proj → causal depthwise conv1d → SiLU → split, for ``hidden [b, T, hidden_size]`` (already normed)."""
+def mixer_ssm_inputs(mixer, layout: InProjLayout, hidden: torch.Tensor,
+                     in_proj_scale: Optional[torch.Tensor] = None) -> SSMInputs:
+    """in_proj → causal depthwise conv1d → SiLU → split, for ``hidden [b, T, hidden_size]`` (already normed).
+    ``in_proj_scale [rows]`` multiplies in_proj's output first (a family's µP multipliers, e.g. Falcon-H1's)."""
     b, T, _ = hidden.shape
     w = mixer.in_proj.weight.float()
     bias = None if mixer.in_proj.bias is None else mixer.in_proj.bias.float()
     zxbcdt = F.linear(hidden.float(), w, bias)
+    if in_proj_scale is not None:
+        zxbcdt = zxbcdt * in_proj_scale.float()
     I, H = layout.intermediate_size, layout.num_heads
     z, xBC, dt = torch.split(zxbcdt, [I, layout.conv_dim, H], dim=-1)
     conv_b = None if mixer.conv1d.bias is None else mixer.conv1d.bias.float()

@@ -1,4 +1,6 @@
-"""vLLM plugin: serves ghost checkpoints (``architectures: ["GhostMamba2ForCausalLM"]``) with a cache sized for N'.
+"""vLLM plugin: serves ghost checkpoints (``architectures: ["GhostMamba2ForCausalLM"]``, or the hybrid families'
+``GhostNemotronHForCausalLM``, ``GhostGraniteMoeHybridForCausalLM``, ``GhostFalconH1ForCausalLM``,
+``GhostZamba2ForCausalLM``) with a cache sized for N'.
 
 Entry points (pyproject.toml):
 - ``vllm.general_plugins``  → :func:`register` (runs in every vLLM process; idempotent; lazy ``module:Class``);
@@ -11,9 +13,21 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["ARCHITECTURE", "register"]
+__all__ = ["ARCHITECTURE", "ARCHITECTURES", "register"]
 
 ARCHITECTURE = "GhostMamba2ForCausalLM"
+# ghost architecture → (model class, config-map class), lazy "module:Class" strings
+ARCHITECTURES = {
+    ARCHITECTURE: ("ghost_vllm.plugin.model:GhostMamba2ForCausalLM", "ghost_vllm.plugin.model:GhostMambaModelConfig"),
+    "GhostNemotronHForCausalLM": ("ghost_vllm.plugin.hybrid:GhostNemotronHForCausalLM",
+                                  "ghost_vllm.plugin.hybrid:GhostNemotronHConfig"),
+    "GhostGraniteMoeHybridForCausalLM": ("ghost_vllm.plugin.hybrid:GhostGraniteMoeHybridForCausalLM",
+                                         "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+    "GhostFalconH1ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostFalconH1ForCausalLM",
+                                 "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+    "GhostZamba2ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostZamba2ForCausalLM",
+                               "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+}
 log = logging.getLogger(__name__)
 
 
@@ -23,13 +37,17 @@ def register() -> None:
     from vllm import ModelRegistry
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, "ghost_vllm.plugin.model:GhostMamba2ForCausalLM")
-    if ARCHITECTURE not in MODELS_CONFIG_MAP:
-        from ghost_vllm.plugin.model import GhostMambaModelConfig
+    import importlib
 
-        # without a MambaModelConfig entry, start-up fails later with `assert mamba_block_size is not None`
-        MODELS_CONFIG_MAP[ARCHITECTURE] = GhostMambaModelConfig
+    supported = ModelRegistry.get_supported_archs()
+    for arch, (model_cls, config_cls) in ARCHITECTURES.items():
+        if arch not in supported:
+            ModelRegistry.register_model(arch, model_cls)
+        if arch not in MODELS_CONFIG_MAP:
+            # Mamba2: without a MambaModelConfig entry start-up fails (`assert mamba_block_size is not None`);
+            # Nemotron-H: without its own entry the SSM state silently follows the model dtype instead of float32
+            module, name = config_cls.split(":")
+            MODELS_CONFIG_MAP[arch] = getattr(importlib.import_module(module), name)
     _cpu_default_cache_size()
 
 

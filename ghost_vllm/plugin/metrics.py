@@ -19,7 +19,7 @@ from typing import Any, Optional
 from prometheus_client import Counter, Gauge
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from ghost_vllm.plugin import ARCHITECTURE
+from ghost_vllm.plugin import ARCHITECTURES
 
 __all__ = ["GhostStatLogger", "state_bytes", "dense_equivalent_slots"]
 
@@ -54,9 +54,7 @@ def state_bytes(hf_config: Any, state_size: Optional[int], conv_dtype: str, ssm_
     ``state_size=None`` prices the checkpoint's own (possibly per-layer) sizes."""
     from ghost_vllm.state import state_size_of
 
-    keys = ("hidden_size", "num_heads", "head_dim", "n_groups", "num_hidden_layers", "state_size")
-    cfg = {k: getattr(hf_config, k) for k in keys}
-    cfg["conv_kernel"] = getattr(hf_config, "conv_kernel", 4)
+    cfg = hf_config.to_dict()
     cfg["layer_state_sizes"] = getattr(hf_config, "layer_state_sizes", None)
     s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype)
     return s.bytes_per_sequence
@@ -73,7 +71,7 @@ class GhostStatLogger(StatLoggerBase):
         self.vllm_config = vllm_config
         self.engine_index = engine_index
         model_config = vllm_config.model_config
-        self.active = ARCHITECTURE in (getattr(model_config, "architectures", None) or [])
+        self.active = any(a in ARCHITECTURES for a in (getattr(model_config, "architectures", None) or []))
         names = getattr(model_config, "served_model_name", None) or model_config.model
         self.model_name = names[0] if isinstance(names, (list, tuple)) else str(names)
         self._lock = threading.Lock()
@@ -84,7 +82,10 @@ class GhostStatLogger(StatLoggerBase):
         hf = model_config.hf_config
         self.info = self._read_ghost(model_config.model, hf)
         conv_dtype, ssm_dtype = self._cache_dtypes()
-        n, n0 = int(hf.state_size), int(self.info.get("state_size_original", hf.state_size))
+        from ghost_vllm.families import family_for_config
+
+        n = family_for_config(hf).state_size(hf)
+        n0 = int(self.info.get("state_size_original", n))
         self.pruned_bytes = state_bytes(hf, None, conv_dtype, ssm_dtype)  # per-layer sizes where the checkpoint has them
         self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype)
         label = {"model_name": self.model_name}
@@ -104,13 +105,19 @@ class GhostStatLogger(StatLoggerBase):
                 return json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 log.warning("ghost metrics: %s unreadable; reporting the pruned size as original", path)
-        return {"state_size_original": int(hf.state_size)}
+        from ghost_vllm.families import family_for_config
+
+        return {"state_size_original": family_for_config(hf).state_size(hf)}
 
     def _cache_dtypes(self) -> tuple[str, str]:
         try:
-            from vllm.model_executor.models.mamba2 import Mamba2ForCausalLM
+            import importlib
 
-            conv, ssm = Mamba2ForCausalLM.get_mamba_state_dtype_from_config(self.vllm_config)
+            from ghost_vllm.families import family_for_config
+
+            module, name = family_for_config(self.vllm_config.model_config.hf_config).vllm_model.split(":")
+            model_cls = getattr(importlib.import_module(module), name)
+            conv, ssm = model_cls.get_mamba_state_dtype_from_config(self.vllm_config)
             return str(conv).replace("torch.", ""), str(ssm).replace("torch.", "")
         except Exception:  # interface drift: fall back to the model dtype
             d = str(getattr(self.vllm_config.model_config, "dtype", "float32")).replace("torch.", "")

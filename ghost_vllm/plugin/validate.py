@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ghost_vllm.checkpoint import read_ghost_json, validate_model_dir
+from ghost_vllm.checkpoint import model_family, read_ghost_json, validate_model_dir
 from ghost_vllm.errors import CheckpointError, ModelError
 from ghost_vllm.inspect import inspect_checkpoint, layer_state_sizes
-from ghost_vllm.mamba.budgets import config_state_sizes
 
 __all__ = ["validate_ghost_checkpoint"]
 
@@ -21,8 +20,10 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
     except ModelError as e:
         raise CheckpointError(f"ghost checkpoint rejected: {e}") from None
     ghost = read_ghost_json(model_dir)
-    n_cfg = int(cfg["state_size"])
-    sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
+    family = model_family(cfg, f"{model_dir}/config.json")
+    n_cfg = family.state_size(cfg)
+    sizes = family.state_sizes(cfg, f"{model_dir}/config.json")
+    n_layers, n_groups = len(family.mamba_layers(cfg)), family.layout(cfg).n_groups
     n_ghost = ghost.get("state_size")
     if n_ghost != n_cfg:
         raise CheckpointError(
@@ -37,12 +38,12 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
         if n != want:
             raise CheckpointError(f"{model_dir}: layer {i} has {n} state channels in its weights, config.json says {want}")
     layers = ghost.get("layers")
-    if not isinstance(layers, list) or len(layers) != cfg["num_hidden_layers"]:
+    if not isinstance(layers, list) or len(layers) != n_layers:
         raise CheckpointError(f"{model_dir}: ghost.json lists {len(layers) if isinstance(layers, list) else 'no'} layers, "
-                              f"the model has {cfg['num_hidden_layers']}")
+                              f"the model has {n_layers} Mamba layers")
     for i, (layer, want) in enumerate(zip(layers, sizes)):
         kept = layer.get("kept") if isinstance(layer, dict) else None
-        if not isinstance(kept, list) or len(kept) != cfg["n_groups"] or any(len(g) != want for g in kept):
+        if not isinstance(kept, list) or len(kept) != n_groups or any(len(g) != want for g in kept):
             raise CheckpointError(f"{model_dir}: ghost.json layer {i} does not keep {want} channels in each of "
-                                  f"{cfg['n_groups']} groups")
+                                  f"{n_groups} groups")
     return inspect_checkpoint(model_dir)

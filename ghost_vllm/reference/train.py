@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: TrainConfig, vocab_size: int):
+    if cfg.model.family == "nemotron_h":
+        return _build_nemotron_h(cfg, vocab_size)
+    if cfg.model.family != "mamba2":
+        raise ValueError(f"model.family: {cfg.model.family!r} is not trainable here; use mamba2 or nemotron_h")
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
     m = cfg.model
@@ -52,6 +56,38 @@ def build_model(cfg: TrainConfig, vocab_size: int):
     )
     torch.manual_seed(cfg.seed)
     return Mamba2ForCausalLM(config)
+
+
+def _build_nemotron_h(cfg: TrainConfig, vocab_size: int):
+    """A Nemotron-H-shaped hybrid (untied head: vLLM's NemotronH has no tied-embedding path)."""
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    m = cfg.model
+    if not m.layers or set(m.layers) - set("M*-"):
+        raise ValueError(f"model.layers: {m.layers!r}: give a Nemotron-H pattern of M (Mamba2), * (attention), - (MLP)")
+    config = NemotronHConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.hidden_size,
+        hybrid_override_pattern=m.layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads,
+        head_dim=m.attention_head_dim,
+        intermediate_size=m.intermediate_size,
+        ssm_state_size=m.state_size,
+        mamba_num_heads=m.expand * m.hidden_size // m.head_dim,
+        mamba_head_dim=m.head_dim,
+        n_groups=m.n_groups,
+        expand=m.expand,
+        conv_kernel=m.conv_kernel,
+        chunk_size=m.chunk_size,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    torch.manual_seed(cfg.seed)
+    return NemotronHForCausalLM(config)
 
 
 def tokenize_file(path: Path, tokenizer_dir: Path, cache: Path) -> torch.Tensor:
@@ -113,9 +149,11 @@ def train(cfg: TrainConfig) -> None:
     t = cfg.train
     torch.set_num_threads(t.threads)
     work = Path(cfg.work_dir)
-    tok_dir = work / "tokenizer"
-    train_ids = tokenize_file(work / "train.txt", tok_dir, work / "train.ids.safetensors")
-    held_ids = tokenize_file(work / "heldout.txt", tok_dir, work / "heldout.ids.safetensors")
+    work.mkdir(parents=True, exist_ok=True)
+    data = Path(cfg.data_dir or cfg.work_dir)
+    tok_dir = data / "tokenizer"
+    train_ids = tokenize_file(data / "train.txt", tok_dir, data / "train.ids.safetensors")
+    held_ids = tokenize_file(data / "heldout.txt", tok_dir, data / "heldout.ids.safetensors")
     log.info("tokens: train %d, held-out %d", train_ids.numel(), held_ids.numel())
 
     vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 2
@@ -175,7 +213,12 @@ def export(cfg: TrainConfig, out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(work / "best", tmp, ignore=shutil.ignore_patterns("optim.pt"))
-    for f in (work / "tokenizer").iterdir():
+    if cfg.export_dtype != "float32":  # stay under the package size budget; evaluation upcasts to float32
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=getattr(torch, cfg.export_dtype))
+        model.save_pretrained(str(tmp))
+    for f in (Path(cfg.data_dir or cfg.work_dir) / "tokenizer").iterdir():
         shutil.copy(f, tmp / f.name)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -14,6 +14,10 @@ __all__ = ["ModelShape", "TrainSchedule", "TrainConfig", "load_train_config"]
 
 @dataclass(frozen=True)
 class ModelShape:
+    """Shape of the trained model. ``family`` ``mamba2`` (pure) or ``nemotron_h`` (hybrid: ``layers`` is the
+    Nemotron-H pattern, M = Mamba2 mixer, * = attention, - = MLP; the attention/MLP fields apply only there)."""
+
+    family: str = "mamba2"
     hidden_size: int = 256
     num_hidden_layers: int = 6
     state_size: int = 128
@@ -22,6 +26,11 @@ class ModelShape:
     expand: int = 2
     conv_kernel: int = 4
     chunk_size: int = 64
+    layers: str = ""
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 2
+    attention_head_dim: int = 32
+    intermediate_size: int = 512
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,8 @@ class TrainSchedule:
 class TrainConfig:
     source: str
     work_dir: str = "build/reference"
+    data_dir: str = ""  # where prepare wrote train.txt/heldout.txt/tokenizer; "" = work_dir
+    export_dtype: str = "float32"
     heldout_fraction: float = 0.05
     seed: int = 0
     vocab_size: int = 8192

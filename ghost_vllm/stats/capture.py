@@ -1,17 +1,110 @@
-"""Context managers that run every mixer of a model through our reference forward (with a channel mask), restore
-the original forwards in ``finally``, and raise if a patched mixer never ran."""
+"""Hooks for the sequential pipeline, each removed in ``finally`` and checked to have fired:
+
+- :func:`capture_block_inputs`: one dense forward that records every decoder block's input and keyword arguments
+  (attention masks, rotary tables, Zamba2's original embeddings — whatever the family's model hands its blocks), so
+  that any block can later be run on its own on pruned activations (:func:`run_block`);
+- :func:`mixer_input`: what a block hands its Mamba2 mixer (after the norm; for a Zamba2 hybrid layer after the shared
+  attention), without running the mixer;
+- :func:`masked_mixers`: every mixer of a pure Mamba2 model through our reference forward with a channel mask.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_forward
 
-__all__ = ["masked_mixers"]
+__all__ = ["BlockCall", "capture_block_inputs", "run_block", "mixer_input", "masked_mixers"]
+
+
+@dataclass
+class BlockCall:
+    """Everything a model passes a decoder block besides its hidden states (positional extras such as Zamba2's
+    original embeddings, then keyword arguments: masks, rotary tables, position ids)."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.args or self.kwargs)
+
+
+class _Stop(Exception):
+    """Raised by a hook once it has what it needs (the rest of the forward is not computed)."""
+
+
+def _hidden_arg(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def run_block(block: torch.nn.Module, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
+    """``block(hidden, *call.args, **call.kwargs)``'s hidden states (a tensor, or a tuple led by one)."""
+    out = block(hidden, *call.args, **call.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture_block_inputs(model, blocks: Sequence[torch.nn.Module], batches: Sequence[torch.Tensor]
+                         ) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
+    """For each batch of token ids ``[b, T]``: the first block's input ``[b, T, hidden]`` and, per block, the other
+    arguments the model passes it (:class:`BlockCall`). The forward stops at the last block."""
+    firsts: list[torch.Tensor] = []
+    kwargs: list[list[BlockCall]] = [[] for _ in blocks]
+    last = len(blocks) - 1
+
+    def make(i: int):
+        def hook(module, args, kw):
+            if i == 0:
+                firsts.append(_hidden_arg(args, kw).detach().clone())
+            kept = {k: v for k, v in kw.items() if k not in ("hidden_states", "past_key_values", "cache_params")}
+            if "use_cache" in kept:
+                kept["use_cache"] = False
+            kwargs[i].append(BlockCall(tuple(args[1:]) if args else (), kept))
+            if i == last:
+                raise _Stop
+        return hook
+
+    handles = [b.register_forward_pre_hook(make(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        for ids in batches:
+            try:
+                model(ids, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    if len(firsts) != len(batches) or any(len(k) != len(batches) for k in kwargs):
+        raise RuntimeError("capture_block_inputs: a block was never called with its inputs; the model's forward "
+                           "bypassed its decoder blocks")
+    return firsts, [list(k) for k in kwargs]
+
+
+@torch.no_grad()
+def mixer_input(block: torch.nn.Module, mixer: torch.nn.Module, hidden: torch.Tensor, call: BlockCall
+                ) -> torch.Tensor:
+    """The tensor ``block`` hands ``mixer`` for input ``hidden`` (the mixer itself does not run)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module, args, kw):
+        seen.append(_hidden_arg(args, kw))
+        raise _Stop
+
+    handle = mixer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        block(hidden, *call.args, **call.kwargs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"mixer_input: {type(block).__name__} never called its mixer")
+    return seen[0]
 
 
 @contextlib.contextmanager

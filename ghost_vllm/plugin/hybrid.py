@@ -1,0 +1,62 @@
+"""Ghost architectures of the hybrid families: the stock vLLM model of each family with the checkpoint validated
+before anything is allocated (in the front-end through the config map, again in the worker), so a ghost checkpoint
+whose weights disagree with its config is refused in one line instead of loading misaligned rows.
+
+vLLM sizes each Mamba layer's state from the family's d_state key (``ssm_state_size`` / ``mamba_d_state``), which a
+ghost checkpoint sets to N'; the attention layers, the hybrid page alignment and everything else are stock. Each
+ghost architecture maps to its family's own ``MODELS_CONFIG_MAP`` entry (Nemotron-H: ``NemotronHForCausalLMConfig``,
+which picks the float32 SSM-state dtype — without it the state would silently follow the model dtype); the other
+families have none, and vLLM's hybrid handling (``model_config.is_hybrid``, inherited from the stock class) runs as
+for the stock architecture."""
+
+from __future__ import annotations
+
+from vllm.model_executor.models.config import NemotronHForCausalLMConfig, VerifyAndUpdateConfig
+from vllm.model_executor.models.falcon_h1 import FalconH1ForCausalLM
+from vllm.model_executor.models.granitemoehybrid import GraniteMoeHybridForCausalLM
+from vllm.model_executor.models.nemotron_h import NemotronHForCausalLM
+from vllm.model_executor.models.zamba2 import Zamba2ForCausalLM
+
+from ghost_vllm.plugin.model import _check
+
+__all__ = ["GhostNemotronHForCausalLM", "GhostGraniteMoeHybridForCausalLM", "GhostFalconH1ForCausalLM",
+           "GhostZamba2ForCausalLM", "GhostNemotronHConfig", "GhostHybridConfig"]
+
+
+class GhostNemotronHConfig(NemotronHForCausalLMConfig):
+    @classmethod
+    def verify_and_update_config(cls, vllm_config) -> None:
+        _check(vllm_config.model_config.model)
+        super().verify_and_update_config(vllm_config)
+
+
+class GhostHybridConfig(VerifyAndUpdateConfig):
+    """For families without a config-map entry of their own: validation only."""
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        _check(vllm_config.model_config.model)
+
+
+class GhostNemotronHForCausalLM(NemotronHForCausalLM):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        _check(vllm_config.model_config.model)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+
+class GhostGraniteMoeHybridForCausalLM(GraniteMoeHybridForCausalLM):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        _check(vllm_config.model_config.model)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+
+class GhostFalconH1ForCausalLM(FalconH1ForCausalLM):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        _check(vllm_config.model_config.model)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+
+class GhostZamba2ForCausalLM(Zamba2ForCausalLM):
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        _check(vllm_config.model_config.model)
+        super().__init__(vllm_config=vllm_config, prefix=prefix)

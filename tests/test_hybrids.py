@@ -1,0 +1,145 @@
+"""Hybrid families (Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2) through the family-agnostic pipeline: tiny
+random models with each family's real layer pattern (attention among Mamba2 layers; Nemotron-H and Falcon-H1 with
+n_groups 2), pruned by the CLI, checked against the dense model with the removed B/C channels zeroed, and our scan's
+statistics input checked against transformers' own recurrent state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ghost_vllm.families import family_for_config
+from ghost_vllm.families.tiny import TINY_FAMILIES, save_tiny_hybrid, tiny_hybrid_model
+from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
+from ghost_vllm.stats.capture import capture_block_inputs, mixer_input, run_block
+from ghost_vllm.surgery import zero_channels
+
+FAMILIES = list(TINY_FAMILIES)
+HF_CLASSES = {"nemotron_h": "NemotronHForCausalLM", "granitemoehybrid": "GraniteMoeHybridForCausalLM",
+              "falcon_h1": "FalconH1ForCausalLM", "zamba2": "Zamba2ForCausalLM"}
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ghost_vllm.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """Per family: (dense dir, pruned dir) — the pruned one written by `ghost-vllm prune` at κ = 0.5."""
+    root = tmp_path_factory.mktemp("hybrids")
+    out = {}
+    for mt in FAMILIES:
+        dense, ghost = root / mt, root / f"{mt}-ghost50"
+        save_tiny_hybrid(dense, mt, seed=3)
+        r = _cli("prune", "--model", str(dense), "--sparsity", "0.5", "--nsamples", "8", "--seq-len", "64",
+                 "--out", str(ghost), "--no-progress")
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[mt] = (dense, ghost)
+    return out
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_cli_pruned_equals_dense_with_removed_channels_zeroed(pruned, model_type):
+    import transformers
+
+    dense_dir, ghost_dir = pruned[model_type]
+    cls = getattr(transformers, HF_CLASSES[model_type])  # the family's plain transformers class
+    ghost = cls.from_pretrained(str(ghost_dir), dtype=torch.float32).eval()
+    dense = cls.from_pretrained(str(dense_dir), dtype=torch.float32).eval()
+    cfg = json.loads((ghost_dir / "config.json").read_text())
+    info = json.loads((ghost_dir / "ghost.json").read_text())
+    family = family_for_config(cfg)
+    assert cfg["architectures"] == [family.ghost_architecture] and cfg["model_type"] == model_type
+    assert family.state_size(cfg) == 8 and info["state_size_original"] == 16 and info["family"] == model_type
+    layout = family.layout(dense.config)
+    blocks = family.blocks(dense)
+    assert [layer["layer"] for layer in info["layers"]] == family.mamba_layers(cfg) == [
+        i for i, b in enumerate(blocks) if family.mixer(b) is not None]
+    for layer in info["layers"]:
+        keep = torch.tensor(layer["kept"])
+        assert keep.shape == (layout.n_groups, 8)
+        removed = torch.stack([torch.tensor(sorted(set(range(16)) - set(k.tolist()))) for k in keep])
+        zero_channels(family.mixer(blocks[layer["layer"]]), layout, removed)
+    x = torch.randint(2, 300, (2, 45), generator=torch.Generator().manual_seed(7))  # 6 chunks of 8
+    with torch.no_grad():
+        a, b = ghost(x).logits, dense(x).logits
+        unmasked = cls.from_pretrained(str(dense_dir), dtype=torch.float32).eval()(x).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (unmasked - b).abs().max() > 1e-3  # the zeroed channels mattered: the check can fail
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_scan_inputs_reproduce_transformers_recurrent_state(model_type):
+    """What the statistics see (the block's mixer input, the family's multipliers, our sequential scan) ends in the
+    same SSM state as transformers' own forward stores in its cache, for every Mamba layer."""
+    model = tiny_hybrid_model(model_type, seed=5)
+    family = family_for_config(model.config)
+    layout = family.layout(model.config)
+    x = torch.randint(2, 300, (1, 37), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cache = model(x, use_cache=True).past_key_values
+        blocks = family.blocks(model)
+        acts, calls = capture_block_inputs(model, blocks, [x])
+        h, checked = acts[0], 0
+        for i, block in enumerate(blocks):
+            mixer = family.mixer(block)
+            if mixer is not None:
+                u = mixer_input(block, mixer, h, calls[i][0])
+                s = mixer_ssm_inputs(mixer, layout, u * family.input_scale(mixer), family.in_proj_scale(mixer))
+                _, state = ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D)
+                theirs = cache.layers[i].recurrent_states[0].float()  # [b, H, P, N]
+                torch.testing.assert_close(state, theirs.reshape(state.shape), rtol=2e-4, atol=2e-5)
+                assert theirs.abs().max() > 1e-3
+                checked += 1
+            h = run_block(block, h, calls[i][0])
+    assert checked == len(family.mamba_layers(model.config))
+
+
+def test_hybrid_inspect_and_state_bytes(pruned):
+    dense_dir, ghost_dir = pruned["nemotron_h"]
+    r = _cli("inspect", str(ghost_dir))
+    assert r.returncode == 0, r.stderr
+    assert "6 (3 with a Mamba2 mixer)" in r.stdout and "16 → 8" in r.stdout
+    # exact arithmetic: per Mamba layer conv (K-1)(I+2GN) + SSM H·P·N, fp32; I = 128, G = 2, H·P = 128
+    per_layer = lambda n: 4 * (3 * (128 + 2 * 2 * n) + 128 * n)  # noqa: E731
+    info = json.loads((ghost_dir / "ghost.json").read_text())
+    assert info["state_bytes_per_sequence"] == 3 * per_layer(8)
+    assert info["state_bytes_per_sequence_original"] == 3 * per_layer(16)
+
+
+def test_unsupported_architectures_are_one_line_naming_the_families(tmp_path):
+    cases = {"llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+             "jamba": {"model_type": "jamba", "architectures": ["JambaForCausalLM"]},
+             "mamba1": {"model_type": "mamba", "architectures": ["MambaForCausalLM"]}}
+    for name, cfg in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(cfg))
+        r = _cli("prune", "--model", str(d), "--out", str(tmp_path / f"{name}-out"))
+        assert r.returncode == 2, (name, r.stderr)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert f"model_type is {cfg['model_type']!r}" in lines[0] and cfg["architectures"][0] in lines[0]
+        for family in ("Mamba2ForCausalLM", "NemotronHForCausalLM", "GraniteMoeHybridForCausalLM",
+                       "FalconH1ForCausalLM", "Zamba2ForCausalLM"):
+            assert family in lines[0]
+        assert not (tmp_path / f"{name}-out").exists()
+
+
+def test_what_hybrids_lack_is_refused_before_loading(pruned, tmp_path):
+    dense_dir, _ = pruned["zamba2"]
+    base = ["prune", "--model", str(dense_dir), "--nsamples", "4", "--seq-len", "16"]
+    cases = [(["--allocation", "adaptive"], "per-layer state budgets are served for pure Mamba2 only"),
+             (["--method", "taylor"], "selection.method: taylor needs our differentiable Mamba2 forward"),
+             (["--refit"], "selection.refit: the readout refit covers pure Mamba2 only")]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        r = _cli(*base, *extra, "--out", str(out))
+        assert r.returncode == 2 and message in r.stderr and "Zamba2ForCausalLM" in r.stderr, r.stderr
+        assert not out.exists()
