@@ -46,10 +46,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def resolve_model_path(path: str) -> Path:
-    if path in ("reference", "recall"):
+    if path in ("reference", "recall", "hybrid"):
         from ghost_vllm import recall, reference
 
-        bundled = reference.MODEL_DIR if path == "reference" else recall.MODEL_DIR
+        bundled = {"reference": reference.MODEL_DIR, "recall": recall.MODEL_DIR,
+                   "hybrid": reference.HYBRID_MODEL_DIR}[path]
         if not (bundled / "config.json").is_file():
             raise ModelError(f"the bundled {path} model is missing at {bundled}; reinstall ghost_vllm from a full clone")
         return bundled

@@ -31,7 +31,8 @@ def _int_list(text: str | None) -> list[int] | None:
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="calibrate, score, truncate and write a reduced checkpoint")
     p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
-    p.add_argument("--model", help="Mamba2 model directory, or a bundled model: 'reference' (text), 'recall' (MQAR)")
+    p.add_argument("--model", help="model directory (Mamba2, Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2) or Hub id, or a "
+                   "bundled model: 'reference' (Mamba2, text), 'hybrid' (Nemotron-H-shaped, text), 'recall' (MQAR)")
     p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
     p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
     p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")

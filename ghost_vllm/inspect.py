@@ -72,7 +72,28 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
         "ssm_bytes_per_sequence": pruned.ssm_bytes,
         "conv_bytes_per_sequence": pruned.conv_bytes,
         "state_reduction_ratio": original.bytes_per_sequence / pruned.bytes_per_sequence,
+        **({"hybrid": _hybrid_context_table(cfg, {**cfg, family.state_key: n_orig}, dtype)}
+           if family.attention_layers(cfg) else {}),
     }
+
+
+HYBRID_CONTEXTS = (4096, 32768, 131072)
+
+
+def _hybrid_context_table(cfg: dict[str, Any], original: dict[str, Any], dtype: str) -> list[dict[str, Any]]:
+    """Per context length, vLLM's view of one sequence (GPU rules, prefix caching off): Mamba state vs attention KV,
+    the block size grown to the Mamba page, dense vs this checkpoint (:mod:`ghost_vllm.planner.hybrid`)."""
+    from ghost_vllm.planner.hybrid import hybrid_bytes
+
+    rows = []
+    for T in HYBRID_CONTEXTS:
+        dense = hybrid_bytes(original, T, dtype=dtype)
+        mine = hybrid_bytes(cfg, T, dtype=dtype)
+        rows.append({"context": T, "block_size": mine.layout.block_size, "block_size_original": dense.layout.block_size,
+                     "mamba_bytes": mine.vllm_mamba_bytes, "attention_bytes": mine.vllm_attention_bytes,
+                     "bytes": mine.vllm_bytes, "bytes_original": dense.vllm_bytes,
+                     "ratio": dense.vllm_bytes / mine.vllm_bytes, "dominant": mine.dominant})
+    return rows
 
 
 def format_inspection(info: dict[str, Any]) -> str:
@@ -92,4 +113,12 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",
         f"reduction        {info['state_reduction_ratio']:.3f}× more sequences in the same state memory",
     ]
+    if info.get("hybrid"):
+        lines.append("with attention   (vLLM, GPU rules, prefix caching off: the attention block grows to the Mamba page)")
+        lines.append("  context  block (orig)   Mamba MiB  attention MiB  total MiB (orig)     ratio  larger part")
+        for r in info["hybrid"]:
+            lines.append(f"  {r['context']:>7,}  {r['block_size']:>5} ({r['block_size_original']:>5})  "
+                         f"{r['mamba_bytes'] * mib:>9.3f}  {r['attention_bytes'] * mib:>13.3f}  "
+                         f"{r['bytes'] * mib:>9.3f} ({r['bytes_original'] * mib:>9.3f})  {r['ratio']:>6.3f}×  "
+                         f"{r['dominant']}")
     return "\n".join(lines)

@@ -105,7 +105,18 @@ def test_hybrid_inspect_and_state_bytes(pruned):
     dense_dir, ghost_dir = pruned["nemotron_h"]
     r = _cli("inspect", str(ghost_dir))
     assert r.returncode == 0, r.stderr
-    assert "6 (3 with a Mamba2 mixer)" in r.stdout and "16 → 8" in r.stdout
+    assert "6 (3 with a Mamba2 mixer)" in r.stdout and "16 → 8" in r.stdout and "with attention" in r.stdout
+    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.planner.hybrid import hybrid_bytes
+
+    rows = inspect_checkpoint(ghost_dir)["hybrid"]
+    cfg = json.loads((ghost_dir / "config.json").read_text())
+    assert [r["context"] for r in rows] == [4096, 32768, 131072]
+    for r in rows:  # the pruned checkpoint against the dense config, both through vLLM's rules
+        mine = hybrid_bytes(cfg, r["context"], dtype="float32")
+        dense = hybrid_bytes(json.loads((dense_dir / "config.json").read_text()), r["context"], dtype="float32")
+        assert (r["bytes"], r["bytes_original"]) == (mine.vllm_bytes, dense.vllm_bytes)
+        assert r["attention_bytes"] + r["mamba_bytes"] == r["bytes"]
     # exact arithmetic: per Mamba layer conv (K-1)(I+2GN) + SSM H·P·N, fp32; I = 128, G = 2, H·P = 128
     per_layer = lambda n: 4 * (3 * (128 + 2 * 2 * n) + 128 * n)  # noqa: E731
     info = json.loads((ghost_dir / "ghost.json").read_text())
@@ -143,3 +154,53 @@ def test_what_hybrids_lack_is_refused_before_loading(pruned, tmp_path):
         r = _cli(*base, *extra, "--out", str(out))
         assert r.returncode == 2 and message in r.stderr and "Zamba2ForCausalLM" in r.stderr, r.stderr
         assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["mamba2", "nemotron_h"])
+def test_training_resume_reloads_the_saved_weights(tmp_path, family):
+    """A resumed training run continues from the checkpoint's weights (Nemotron-H saves ``backbone.*`` names that
+    a plain ``load_state_dict`` would silently skip)."""
+    from ghost_vllm.reference.train import _save, build_model, load_checkpoint_model
+    from ghost_vllm.reference.train_config import ModelShape, TrainConfig
+
+    shape = ModelShape(family=family, hidden_size=64, num_hidden_layers=2, state_size=16, head_dim=16, n_groups=2,
+                       layers="M*M-", attention_head_dim=32, num_attention_heads=2, num_key_value_heads=1,
+                       intermediate_size=96)
+    model = build_model(TrainConfig(source="-", model=shape), 128)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.25)  # not what a fresh build would give
+    _save(model, None, {"step": 1}, tmp_path / "ckpt")
+    again = load_checkpoint_model(tmp_path / "ckpt")
+    theirs = dict(again.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(theirs[name], p, rtol=0, atol=0)
+
+
+def test_plugin_maps_each_ghost_hybrid_to_its_family_config_and_prices_it(pruned):
+    """register(): every ghost architecture in vLLM's registry and config map; Nemotron-H's keeps the family's own
+    update (float32 SSM state by default — without it the state would follow the model dtype); the metrics price a
+    hybrid's Mamba state as ``ghost-vllm inspect`` does."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, NemotronHForCausalLMConfig
+
+    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.plugin import ARCHITECTURES, register
+    from ghost_vllm.plugin.metrics import state_bytes
+
+    register()
+    register()  # idempotent
+    for arch in ARCHITECTURES:
+        assert arch in ModelRegistry.get_supported_archs() and arch in MODELS_CONFIG_MAP
+    nemotron = MODELS_CONFIG_MAP["GhostNemotronHForCausalLM"]
+    assert issubclass(nemotron, NemotronHForCausalLMConfig)
+    cache = SimpleNamespace(mamba_ssm_cache_dtype="auto")
+    nemotron.update_mamba_ssm_cache_dtype(cache_config=cache, hf_config=SimpleNamespace())
+    assert cache.mamba_ssm_cache_dtype == "float32"
+    for mt, (_, ghost_dir) in pruned.items():
+        hf = AutoConfig.from_pretrained(str(ghost_dir))
+        assert state_bytes(hf, None, "float32", "float32") == inspect_checkpoint(ghost_dir)["bytes_per_sequence"]
+        assert state_bytes(hf, 16, "float32", "float32") == inspect_checkpoint(ghost_dir)["bytes_per_sequence_original"]

@@ -76,7 +76,8 @@ def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]]
     if cfg.get("model_type") not in (None, "mamba2") or (archs and not set(archs) & _MAMBA2_ARCHS):
         what = archs[0] if archs else cfg.get("model_type")
         raise ModelError(f"{name}: architecture {what} is not a pure Mamba2 model; ghost-vllm plan covers "
-                         f"Mamba2ForCausalLM and ghost checkpoints (hybrid models are not supported yet)")
+                         f"Mamba2ForCausalLM and its ghost checkpoints; for a hybrid, 'ghost-vllm inspect DIR' prices the Mamba state "
+                         f"and attention KV per context with vLLM's page alignment (ghost_vllm.planner.hybrid)")
     missing = [k for k in ("num_hidden_layers", "hidden_size", "num_heads", "head_dim", "n_groups", "state_size")
                if k not in cfg]
     if missing:

@@ -20,13 +20,13 @@ ARCHITECTURE = "GhostMamba2ForCausalLM"
 ARCHITECTURES = {
     ARCHITECTURE: ("ghost_vllm.plugin.model:GhostMamba2ForCausalLM", "ghost_vllm.plugin.model:GhostMambaModelConfig"),
     "GhostNemotronHForCausalLM": ("ghost_vllm.plugin.hybrid:GhostNemotronHForCausalLM",
-                                  "ghost_vllm.plugin.hybrid:GhostNemotronHConfig"),
+                                  "ghost_vllm.plugin.configs:GhostNemotronHConfig"),
     "GhostGraniteMoeHybridForCausalLM": ("ghost_vllm.plugin.hybrid:GhostGraniteMoeHybridForCausalLM",
-                                         "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+                                         "ghost_vllm.plugin.configs:GhostHybridConfig"),
     "GhostFalconH1ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostFalconH1ForCausalLM",
-                                 "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+                                 "ghost_vllm.plugin.configs:GhostHybridConfig"),
     "GhostZamba2ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostZamba2ForCausalLM",
-                               "ghost_vllm.plugin.hybrid:GhostHybridConfig"),
+                               "ghost_vllm.plugin.configs:GhostHybridConfig"),
 }
 log = logging.getLogger(__name__)
 

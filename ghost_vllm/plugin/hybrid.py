@@ -7,11 +7,11 @@ ghost checkpoint sets to N'; the attention layers, the hybrid page alignment and
 ghost architecture maps to its family's own ``MODELS_CONFIG_MAP`` entry (Nemotron-H: ``NemotronHForCausalLMConfig``,
 which picks the float32 SSM-state dtype — without it the state would silently follow the model dtype); the other
 families have none, and vLLM's hybrid handling (``model_config.is_hybrid``, inherited from the stock class) runs as
-for the stock architecture."""
+for the stock architecture. The config-map classes live in :mod:`ghost_vllm.plugin.configs` (light: ``register()``
+imports them in every vLLM process, this module only when a ghost hybrid is served)."""
 
 from __future__ import annotations
 
-from vllm.model_executor.models.config import NemotronHForCausalLMConfig, VerifyAndUpdateConfig
 from vllm.model_executor.models.falcon_h1 import FalconH1ForCausalLM
 from vllm.model_executor.models.granitemoehybrid import GraniteMoeHybridForCausalLM
 from vllm.model_executor.models.nemotron_h import NemotronHForCausalLM
@@ -20,22 +20,7 @@ from vllm.model_executor.models.zamba2 import Zamba2ForCausalLM
 from ghost_vllm.plugin.model import _check
 
 __all__ = ["GhostNemotronHForCausalLM", "GhostGraniteMoeHybridForCausalLM", "GhostFalconH1ForCausalLM",
-           "GhostZamba2ForCausalLM", "GhostNemotronHConfig", "GhostHybridConfig"]
-
-
-class GhostNemotronHConfig(NemotronHForCausalLMConfig):
-    @classmethod
-    def verify_and_update_config(cls, vllm_config) -> None:
-        _check(vllm_config.model_config.model)
-        super().verify_and_update_config(vllm_config)
-
-
-class GhostHybridConfig(VerifyAndUpdateConfig):
-    """For families without a config-map entry of their own: validation only."""
-
-    @staticmethod
-    def verify_and_update_config(vllm_config) -> None:
-        _check(vllm_config.model_config.model)
+           "GhostZamba2ForCausalLM"]
 
 
 class GhostNemotronHForCausalLM(NemotronHForCausalLM):

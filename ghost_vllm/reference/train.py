@@ -90,6 +90,15 @@ def _build_nemotron_h(cfg: TrainConfig, vocab_size: int):
     return NemotronHForCausalLM(config)
 
 
+def load_checkpoint_model(ckpt: Path):
+    """The model saved in ``ckpt`` by :func:`_save`, through ``from_pretrained`` (which maps transformers' on-disk
+    names back, e.g. Nemotron-H's ``backbone.*``; a plain ``load_state_dict(strict=False)`` would silently load
+    nothing for such a model and resume from random weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+
+
 def tokenize_file(path: Path, tokenizer_dir: Path, cache: Path) -> torch.Tensor:
     """Whole file → 1-D int32 token ids, cached as safetensors beside the text."""
     from safetensors.torch import load_file, save_file
@@ -144,8 +153,6 @@ def _save(model, opt, state: dict, out: Path) -> None:
 
 
 def train(cfg: TrainConfig) -> None:
-    from safetensors.torch import load_file
-
     t = cfg.train
     torch.set_num_threads(t.threads)
     work = Path(cfg.work_dir)
@@ -158,19 +165,18 @@ def train(cfg: TrainConfig) -> None:
 
     vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 2
     vocab = int(math.ceil(vocab / 64) * 64)
-    model = build_model(cfg, vocab)
+    ckpt = work / "ckpt"
+    resuming = (ckpt / "state.json").exists()
+    model = load_checkpoint_model(ckpt) if resuming else build_model(cfg, vocab)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.lr, betas=(0.9, 0.95),
     )
-    ckpt = work / "ckpt"
     state = {"step": 0, "elapsed_s": 0.0, "best_loss": float("inf"), "tokens_seen": 0}
-    if (ckpt / "state.json").exists():
+    if resuming:
         state = json.loads((ckpt / "state.json").read_text())
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
-        model.tie_weights()
         opt.load_state_dict(torch.load(ckpt / "optim.pt", weights_only=True))
         log.info("resumed at step %d (%.0f s so far)", state["step"], state["elapsed_s"])
 
