@@ -82,7 +82,7 @@ def cases(tmp_path_factory, tiny_dirs, calib_text):
     models = {
         "missing tensor": (_model_variant(tiny, t / "m1", edit_weights=drop_conv), "conv1d.weight is missing"),
         "wrong shape": (_model_variant(tiny, t / "m2", edit_config=lambda c: c.update(state_size=12)), "config.json implies"),
-        "non-mamba2": (_model_variant(tiny, t / "m3", edit_config=lambda c: c.update(model_type="llama")), "not 'mamba2'"),
+        "non-mamba2": (_model_variant(tiny, t / "m3", edit_config=lambda c: c.update(model_type="llama")), "model_type is 'llama' (Mamba2ForCausalLM), not a supported family"),
         "groups not dividing heads": (_model_variant(tiny, t / "m4", edit_config=lambda c: c.update(n_groups=3)),
                                       "does not divide num_heads"),
         "NaN weights": (_model_variant(tiny, t / "m5", edit_weights=nan_w), "contains NaN or Inf"),

@@ -59,6 +59,8 @@ class Family(ABC):
     vllm_model: ClassVar[str]  # "module:Class" of the stock vLLM model the ghost class subclasses
     vllm_config_key: ClassVar[Optional[str]] = None  # the family's MODELS_CONFIG_MAP entry to copy, if it has one
     state_key: ClassVar[str]  # the config key holding d_state
+    kind_keys: ClassVar[tuple[str, ...]] = ()  # config keys listing each layer's kind (see :func:`layer_kinds`)
+    pattern_key: ClassVar[Optional[str]] = None  # or a pattern string of M / * / - / E
     per_layer_budgets: ClassVar[bool] = False  # served with per-layer N'_l (needs a model class that builds them)
     supports_backward_scoring: ClassVar[bool] = False  # methods that differentiate through our reference mixer
     supports_refit: ClassVar[bool] = False  # blocks are h + mixer(norm(h)) with no other input (the refit's target)
@@ -68,13 +70,18 @@ class Family(ABC):
     def layout(self, cfg: Mapping[str, Any] | Any) -> InProjLayout:
         """The Mamba2 mixer layout (every mixer of the model has it, at the config's d_state)."""
 
-    @abstractmethod
+    def kinds(self, cfg: Mapping[str, Any] | Any) -> list[str]:
+        """Each layer's kind from :attr:`kind_keys` / :attr:`pattern_key` (families with per-layer kinds)."""
+        return layer_kinds(cfg, self.kind_keys, self.pattern_key)
+
     def mamba_layers(self, cfg: Mapping[str, Any] | Any) -> list[int]:
-        """Indices of the decoder layers that hold a Mamba2 mixer."""
+        """Indices of the decoder layers that hold a Mamba2 mixer (default: the layers of kind ``mamba``)."""
+        return [i for i, k in enumerate(self.kinds(cfg)) if k == "mamba"]
 
     def attention_layers(self, cfg: Mapping[str, Any] | Any) -> list[int]:
-        """Indices of the decoder layers that hold an attention KV cache in vLLM (one cache per index)."""
-        return []
+        """Indices of the decoder layers that hold an attention KV cache in vLLM (one cache per index; default: the
+        layers of kind ``attention``)."""
+        return [i for i, k in enumerate(self.kinds(cfg)) if k == "attention"] if self.kind_keys else []
 
     def attention_kv(self, cfg: Mapping[str, Any] | Any) -> tuple[int, int]:
         """(num_key_value_heads, head_size) of each attention layer."""

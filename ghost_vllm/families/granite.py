@@ -6,12 +6,10 @@ Mamba2 mixer (``mamba``) or attention (``self_attn``), then a MoE / shared MLP; 
 
 from __future__ import annotations
 
-from ghost_vllm.families.base import Family, cfg_get, layer_kinds
+from ghost_vllm.families.base import Family, cfg_get
 from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["GraniteHybridFamily"]
-
-_KINDS = ("layer_types", "layers_block_type")
 
 
 class GraniteHybridFamily(Family):
@@ -21,20 +19,12 @@ class GraniteHybridFamily(Family):
     ghost_architecture = "GhostGraniteMoeHybridForCausalLM"
     vllm_model = "vllm.model_executor.models.granitemoehybrid:GraniteMoeHybridForCausalLM"
     state_key = "mamba_d_state"
+    kind_keys = ("layer_types", "layers_block_type")
 
     def layout(self, cfg) -> InProjLayout:
         return InProjLayout(int(cfg_get(cfg, "hidden_size")), int(cfg_get(cfg, "mamba_n_heads")),
                             int(cfg_get(cfg, "mamba_d_head")), int(cfg_get(cfg, "mamba_n_groups", default=1)),
                             int(cfg_get(cfg, "mamba_d_state")), int(cfg_get(cfg, "mamba_d_conv", default=4)))
-
-    def _kinds(self, cfg) -> list[str]:
-        return layer_kinds(cfg, _KINDS)
-
-    def mamba_layers(self, cfg) -> list[int]:
-        return [i for i, k in enumerate(self._kinds(cfg)) if k == "mamba"]
-
-    def attention_layers(self, cfg) -> list[int]:
-        return [i for i, k in enumerate(self._kinds(cfg)) if k == "attention"]
 
     def attention_kv(self, cfg) -> tuple[int, int]:
         heads = int(cfg_get(cfg, "num_attention_heads"))

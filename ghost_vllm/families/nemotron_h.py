@@ -6,12 +6,10 @@ vLLM keeps the SSM state in float32 unless the config says otherwise (``Nemotron
 
 from __future__ import annotations
 
-from ghost_vllm.families.base import Family, cfg_get, layer_kinds
+from ghost_vllm.families.base import Family, cfg_get
 from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["NemotronHFamily"]
-
-_KINDS = ("layers_block_type", "layer_types")
 
 
 class NemotronHFamily(Family):
@@ -22,6 +20,8 @@ class NemotronHFamily(Family):
     vllm_model = "vllm.model_executor.models.nemotron_h:NemotronHForCausalLM"
     vllm_config_key = "NemotronHForCausalLM"
     state_key = "ssm_state_size"
+    kind_keys = ("layers_block_type", "layer_types")
+    pattern_key = "hybrid_override_pattern"
 
     def layout(self, cfg) -> InProjLayout:
         return InProjLayout(int(cfg_get(cfg, "hidden_size")), int(cfg_get(cfg, "mamba_num_heads")),
@@ -29,17 +29,8 @@ class NemotronHFamily(Family):
                             int(cfg_get(cfg, "ssm_state_size")),
                             int(cfg_get(cfg, "conv_kernel", "mamba_d_conv", default=4)))
 
-    def _kinds(self, cfg) -> list[str]:
-        return layer_kinds(cfg, _KINDS, "hybrid_override_pattern")
-
     def num_layers(self, cfg) -> int:
-        return len(self._kinds(cfg))
-
-    def mamba_layers(self, cfg) -> list[int]:
-        return [i for i, k in enumerate(self._kinds(cfg)) if k == "mamba"]
-
-    def attention_layers(self, cfg) -> list[int]:
-        return [i for i, k in enumerate(self._kinds(cfg)) if k == "attention"]
+        return len(self.kinds(cfg))
 
     def attention_kv(self, cfg) -> tuple[int, int]:
         heads = int(cfg_get(cfg, "num_attention_heads"))

@@ -23,25 +23,26 @@ __all__ = ["GhostNemotronHForCausalLM", "GhostGraniteMoeHybridForCausalLM", "Gho
            "GhostZamba2ForCausalLM"]
 
 
-class GhostNemotronHForCausalLM(NemotronHForCausalLM):
+class _Validated:
+    """Validates the checkpoint in the worker before the stock model builds (the config map may have been
+    bypassed); put first in the bases so it runs before the family's ``__init__``."""
+
     def __init__(self, *, vllm_config, prefix: str = ""):
         _check(vllm_config.model_config.model)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
 
-class GhostGraniteMoeHybridForCausalLM(GraniteMoeHybridForCausalLM):
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        _check(vllm_config.model_config.model)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+class GhostNemotronHForCausalLM(_Validated, NemotronHForCausalLM):
+    pass
 
 
-class GhostFalconH1ForCausalLM(FalconH1ForCausalLM):
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        _check(vllm_config.model_config.model)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+class GhostGraniteMoeHybridForCausalLM(_Validated, GraniteMoeHybridForCausalLM):
+    pass
 
 
-class GhostZamba2ForCausalLM(Zamba2ForCausalLM):
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        _check(vllm_config.model_config.model)
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+class GhostFalconH1ForCausalLM(_Validated, FalconH1ForCausalLM):
+    pass
+
+
+class GhostZamba2ForCausalLM(_Validated, Zamba2ForCausalLM):
+    pass
