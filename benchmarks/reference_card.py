@@ -1,6 +1,8 @@
-"""Evaluate the bundled reference Mamba2 and write its model card (README.md + card.json beside the weights).
+"""Evaluate the bundled reference Mamba2 (or the bundled hybrid) and write its model card (README.md + card.json
+beside the weights).
 
     python benchmarks/reference_card.py [--work-dir build/reference] [--wikitext ../shared/data/wikitext-2-raw/wiki.test.raw]
+    python benchmarks/reference_card.py --model hybrid      # ghost_vllm/reference/hybrid_model, build/hybrid
 
 Measures, with the project's own evaluation code: held-out (validation half) token/word perplexity, WikiText-2 raw test
 at seq_len 512, a unigram baseline on both, and whether the state is used (90 % of state channels removed at random
@@ -26,7 +28,8 @@ from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.commands.io import write_json_atomic, write_text_atomic
 from ghost_vllm.evaluate import perplexity_of_text
 from ghost_vllm.pipeline import prune_model
-from ghost_vllm.reference import CALIBRATION_TEXT, MODEL_DIR, VALIDATION_TEXT
+from ghost_vllm.families import family_for_config
+from ghost_vllm.reference import CALIBRATION_TEXT, HYBRID_MODEL_DIR, MODEL_DIR, VALIDATION_TEXT
 
 log = logging.getLogger("reference_card")
 
@@ -86,11 +89,18 @@ def loss_curve(log_path: Path, png: Path) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work-dir", type=Path, default=Path("build/reference"))
+    ap.add_argument("--model", choices=("reference", "hybrid"), default="reference")
+    ap.add_argument("--work-dir", type=Path, default=None, help="training work dir (default build/<model>)")
     ap.add_argument("--wikitext", type=Path, default=Path("../shared/data/wikitext-2-raw/wiki.test.raw"))
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--training-note", default="", help="free text on how the run went (resumes, schedule changes)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite README.md from the existing card.json")
     args = ap.parse_args()
+    if args.render_only:
+        model_dir = HYBRID_MODEL_DIR if args.model == "hybrid" else MODEL_DIR
+        card = json.loads((model_dir / "card.json").read_text())
+        write_text_atomic(model_dir / "README.md", render_hybrid(card) if args.model == "hybrid" else render(card))
+        return
     torch.set_num_threads(2)
 
     from transformers.utils import logging as hf_logging
@@ -98,23 +108,40 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    model = load_model(MODEL_DIR)
-    tok = load_tokenizer(MODEL_DIR)
-    cfg = json.loads((MODEL_DIR / "config.json").read_text())
+    hybrid = args.model == "hybrid"
+    model_dir = HYBRID_MODEL_DIR if hybrid else MODEL_DIR
+    args.work_dir = args.work_dir or Path("build/hybrid" if hybrid else "build/reference")
+    model = load_model(model_dir, "float32")
+    tok = load_tokenizer(model_dir)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    family = family_for_config(cfg)
     valid = VALIDATION_TEXT.read_text(encoding="utf-8")
     wiki = args.wikitext.read_text(encoding="utf-8")
     t0 = time.time()
-    card: dict = {"model_dir": "ghost_vllm/reference/model", "sha256": {"model.safetensors": sha256(MODEL_DIR / "model.safetensors")}}
-    card["architecture"] = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "state_size", "head_dim",
-                                                 "num_heads", "n_groups", "expand", "conv_kernel", "vocab_size",
-                                                 "tie_word_embeddings")}
+    card: dict = {"model_dir": f"ghost_vllm/reference/{model_dir.name}",
+                  "sha256": {"model.safetensors": sha256(model_dir / "model.safetensors")}}
+    if hybrid:
+        layout = family.layout(cfg)
+        card["architecture"] = {"class": cfg["architectures"][0], "pattern": "".join(
+            {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}[k] for k in family.kinds(cfg)),
+            "hidden_size": cfg["hidden_size"], "state_size": layout.state_size, "head_dim": layout.head_dim,
+            "num_heads": layout.num_heads, "n_groups": layout.n_groups, "conv_kernel": layout.conv_kernel,
+            "num_attention_heads": cfg["num_attention_heads"], "num_key_value_heads": cfg["num_key_value_heads"],
+            "attention_head_dim": cfg["head_dim"], "intermediate_size": cfg["intermediate_size"],
+            "vocab_size": cfg["vocab_size"], "tie_word_embeddings": cfg["tie_word_embeddings"],
+            "stored_dtype": cfg.get("dtype") or cfg.get("torch_dtype")}
+    else:
+        card["architecture"] = {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "state_size", "head_dim",
+                                                     "num_heads", "n_groups", "expand", "conv_kernel", "vocab_size",
+                                                     "tie_word_embeddings")}
     card["parameters"] = sum(p.numel() for p in model.parameters())
     card["heldout"] = perplexity_of_text(model, tok, valid, args.seq_len, source=str(VALIDATION_TEXT), progress=False).to_dict()
     card["wikitext2_test"] = perplexity_of_text(model, tok, wiki, args.seq_len, source=str(args.wikitext), progress=False).to_dict()
     card["slice"] = {"source": "ghost_vllm/reference/data/validation.txt", "max_tokens": SLICE_TOKENS,
                      "seq_len": SLICE_SEQ_LEN, **perplexity_of_text(model, tok, valid, SLICE_SEQ_LEN,
                                                                    max_tokens=SLICE_TOKENS, progress=False).to_dict()}
-    train_ids_path = args.work_dir / "train.ids.safetensors"
+    # the token ids of the training split (the hybrid trains on the reference split: configs/hybrid-train.yaml data_dir)
+    train_ids_path = Path("build/reference" if hybrid else args.work_dir) / "train.ids.safetensors"
     if train_ids_path.exists():
         from safetensors.torch import load_file
 
@@ -123,26 +150,25 @@ def main() -> None:
                                     "wikitext2_test": unigram(train_ids, cfg["vocab_size"], wiki, tok)}
     # the state is used: remove 90 % of the channels at random (seeded), evaluate WikiText-2 again
     windows = torch.tensor(tok(CALIBRATION_TEXT.read_text(), add_special_tokens=False)["input_ids"][: 8 * 128]).view(8, 128)
-    ablated = load_model(MODEL_DIR)
+    ablated = load_model(model_dir, "float32")
     prune_model(ablated, windows, "random", 0.9, seed=0, progress=False)
     r90 = perplexity_of_text(ablated, tok, wiki, args.seq_len, source=str(args.wikitext), progress=False).to_dict()
-    card["state_use"] = {"method": "random", "sparsity": 0.9, "state_size": ablated.config.state_size,
+    card["state_use"] = {"method": "random", "sparsity": 0.9, "state_size": family.state_size(ablated.config),
                          "wikitext2_test": r90,
                          "ppl_increase": r90["token_ppl"] / card["wikitext2_test"]["token_ppl"] - 1.0}
     if (args.work_dir / "log.jsonl").exists():
-        card["training"] = loss_curve(args.work_dir / "log.jsonl", MODEL_DIR / "loss_curve.png")
-        card["training"]["config"] = "configs/reference-train.yaml"
+        card["training"] = loss_curve(args.work_dir / "log.jsonl", model_dir / "loss_curve.png")
+        card["training"]["config"] = f"configs/{'hybrid' if hybrid else 'reference'}-train.yaml"
         card["training"]["note"] = args.training_note
     card["eval_wall_time_s"] = time.time() - t0
-    write_json_atomic(MODEL_DIR / "card.json", card)
-    write_text_atomic(MODEL_DIR / "README.md", render(card))
-    print(render(card))
+    write_json_atomic(model_dir / "card.json", card)
+    text = render_hybrid(card) if hybrid else render(card)
+    write_text_atomic(model_dir / "README.md", text)
+    print(text)
 
 
 def render(c: dict) -> str:
-    a, h, w, s = c["architecture"], c["heldout"], c["wikitext2_test"], c["state_use"]
-    t = c.get("training", {})
-    u = c.get("unigram_baseline", {})
+    a, t = c["architecture"], c.get("training", {})
     lines = [
         "# ghost_vllm reference Mamba2",
         "",
@@ -165,6 +191,14 @@ def render(c: dict) -> str:
         f"{t.get('note', '')} |",
         f"| sha256 (model.safetensors) | `{c['sha256']['model.safetensors']}` |",
         "",
+    ]
+    return "\n".join(lines + evaluation_lines(c))
+
+
+def evaluation_lines(c: dict) -> list[str]:
+    a, h, w, s = c["architecture"], c["heldout"], c["wikitext2_test"], c["state_use"]
+    u = c.get("unigram_baseline", {})
+    return [
         "## Evaluation (seq_len 512, non-overlapping windows, every token scored)",
         "",
         "The checkpoint was picked on the loss of the first 64 windows of the whole held-out split, which overlaps",
@@ -189,7 +223,35 @@ def render(c: dict) -> str:
         "![loss curve](loss_curve.png)",
         "",
     ]
-    return "\n".join(lines)
+
+
+def render_hybrid(c: dict) -> str:
+    """The reference card's evaluation part under a hybrid header."""
+    a, t = c["architecture"], c.get("training", {})
+    lines = [
+        "# ghost_vllm hybrid (Nemotron-H-shaped)",
+        "",
+        "A small hybrid trained from scratch by this project on the reference model's text and tokenizer, so that",
+        "GHOST's fidelity on a hybrid can be measured offline. Weights: `model.safetensors` (stored "
+        f"{a['stored_dtype']}: trained in float32, rounded once at export to stay under 30 MB; evaluated in float32).",
+        "Written by `python benchmarks/reference_card.py --model hybrid`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{a['class']}`, layers `{a['pattern']}` (M Mamba2, * attention, - MLP), hidden "
+        f"{a['hidden_size']}; Mamba2: state {a['state_size']}, {a['num_heads']} heads × {a['head_dim']}, n_groups "
+        f"{a['n_groups']}, conv {a['conv_kernel']}; attention: {a['num_attention_heads']} heads × "
+        f"{a['attention_head_dim']}, {a['num_key_value_heads']} KV heads, no positional encoding; MLP relu² "
+        f"{a['intermediate_size']}; vocab {a['vocab_size']}, untied head |",
+        f"| parameters | {c['parameters']:,} |",
+        f"| weights | the best held-out checkpoint: step {t.get('best_step')}, {t.get('tokens_seen_at_best', 0):,} "
+        f"tokens seen |",
+        f"| training run | {t.get('steps', '?')} steps of 16 × 256 tokens, {t.get('tokens_seen', 0):,} tokens, "
+        f"{t.get('wall_time_s', 0) / 3600:.2f} h, AdamW, cosine schedule (`{t.get('config')}`). {t.get('note', '')} |",
+        f"| sha256 (model.safetensors) | `{c['sha256']['model.safetensors']}` |",
+        "",
+    ]
+    return "\n".join(lines + evaluation_lines(c))
 
 
 if __name__ == "__main__":
