@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -49,35 +49,13 @@ FORMATS = {f.name: f for f in (StateFormat("float32", 4, 0), StateFormat("bfloat
 def stored_state_mixers(model, fmt: StateFormat) -> Iterator[None]:
     """While active, every mixer runs our sequential scan (float32) with its state stored in ``fmt`` after each
     token. Per-layer state sizes are honoured. Full-sequence forwards only (no cache, no padding)."""
-    from ghost_vllm.mamba.layout import InProjLayout
     from ghost_vllm.mamba.reference import mixer_forward
+    from ghost_vllm.stats.capture import patched_mixers
 
-    base = InProjLayout.from_config(model.config)
-    layers = model.backbone.layers
-    fired = [0] * len(layers)
-    saved = []
+    store = None if fmt.name == "float32" else fmt.round_
 
-    def make(i: int, mixer) -> Callable:
-        layout = base.with_state_size(int(mixer.ssm_state_size))
+    def forward(i, mixer, layout, hidden):
+        return mixer_forward(mixer, layout, hidden, on_store=store)
 
-        def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-            if cache_params is not None or attention_mask is not None:
-                raise AssertionError("stored_state_mixers supports full-sequence forwards without cache or padding")
-            fired[i] += 1
-            store = None if fmt.name == "float32" else fmt.round_
-            return mixer_forward(mixer, layout, hidden_states, on_store=store).to(hidden_states.dtype)
-
-        return forward
-
-    try:
-        for i, layer in enumerate(layers):
-            saved.append(layer.mixer.forward)
-            layer.mixer.forward = make(i, layer.mixer)
+    with patched_mixers(model, forward, "stored_state_mixers"):
         yield
-    finally:
-        for layer in layers:
-            if "forward" in vars(layer.mixer):
-                del layer.mixer.forward
-    missing = [i for i, n in enumerate(fired) if n == 0]
-    if missing:
-        raise RuntimeError(f"stored_state_mixers: mixers of layers {missing} never ran")

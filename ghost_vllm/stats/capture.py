@@ -5,21 +5,22 @@
   that any block can later be run on its own on pruned activations (:func:`run_block`);
 - :func:`mixer_input`: what a block hands its Mamba2 mixer (after the norm; for a Zamba2 hybrid layer after the shared
   attention), without running the mixer;
-- :func:`masked_mixers`: every mixer of a pure Mamba2 model through our reference forward with a channel mask.
+- :func:`patched_mixers`: every mixer of a pure Mamba2 model through a forward of ours (:func:`masked_mixers`: our
+  reference forward with a channel mask; ``ghost_vllm.bench.state_formats``: with the state stored narrower).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_forward
 
-__all__ = ["BlockCall", "capture_block_inputs", "run_block", "mixer_input", "masked_mixers"]
+__all__ = ["BlockCall", "capture_block_inputs", "run_block", "mixer_input", "patched_mixers", "masked_mixers"]
 
 
 @dataclass
@@ -107,36 +108,51 @@ def mixer_input(block: torch.nn.Module, mixer: torch.nn.Module, hidden: torch.Te
     return seen[0]
 
 
+# forward(i, mixer, layout, hidden [b, T, hidden]) -> [b, T, hidden]: what mixer i computes while patched
+MixerForward = Callable[[int, torch.nn.Module, InProjLayout, torch.Tensor], torch.Tensor]
+
+
 @contextlib.contextmanager
-def masked_mixers(model, masks: list[torch.Tensor], chunked: bool = True) -> Iterator[None]:
-    """While active, mixer ``l`` computes with B and C multiplied by ``masks[l] [G, N]`` (differentiable)."""
-    layout = InProjLayout.from_config(model.config)
+def patched_mixers(model, forward: MixerForward, name: str) -> Iterator[None]:
+    """While active, every mixer of a pure Mamba2 model computes ``forward(i, mixer, layout, hidden)`` instead of its
+    own forward (``layout`` at the mixer's own state size, so per-layer budgets are honoured); full-sequence forwards
+    only. The class forwards come back in ``finally``; a mixer that never ran is an error (a fused path bypassed it)."""
+    base = InProjLayout.from_config(model.config)
     layers = model.backbone.layers
-    if len(masks) != len(layers):
-        raise AssertionError(f"{len(masks)} masks for {len(layers)} layers")
     fired = [0] * len(layers)
-    saved = []
 
     def make(i: int, mixer):
-        def forward(hidden_states, cache_params=None, attention_mask=None, **kwargs):
-            if cache_params is not None or attention_mask is not None:
-                raise AssertionError("masked_mixers supports full-sequence forwards without cache or padding only")
-            fired[i] += 1
-            out = mixer_forward(mixer, layout, hidden_states, mask=masks[i], chunked=chunked)
-            return out.to(hidden_states.dtype)
+        layout = base.with_state_size(int(getattr(mixer, "ssm_state_size", base.state_size)))
 
-        return forward
+        def patched(hidden_states, cache_params=None, attention_mask=None, **kwargs):
+            if cache_params is not None or attention_mask is not None:
+                raise AssertionError(f"{name} supports full-sequence forwards without cache or padding only")
+            fired[i] += 1
+            return forward(i, mixer, layout, hidden_states).to(hidden_states.dtype)
+
+        return patched
 
     try:
         for i, layer in enumerate(layers):
-            saved.append(layer.mixer.forward)
             layer.mixer.forward = make(i, layer.mixer)
         yield
     finally:
-        for layer, fwd in zip(layers, saved):
-            layer.mixer.forward = fwd
+        for layer in layers:
             if "forward" in vars(layer.mixer):
                 del layer.mixer.forward  # back to the class method
     missing = [i for i, n in enumerate(fired) if n == 0]
     if missing:
-        raise RuntimeError(f"masked_mixers: mixers of layers {missing} never ran; a fused kernel path bypassed them")
+        raise RuntimeError(f"{name}: mixers of layers {missing} never ran; a fused kernel path bypassed them")
+
+
+@contextlib.contextmanager
+def masked_mixers(model, masks: list[torch.Tensor], chunked: bool = True) -> Iterator[None]:
+    """While active, mixer ``l`` computes with B and C multiplied by ``masks[l] [G, N]`` (differentiable)."""
+    if len(masks) != len(model.backbone.layers):
+        raise AssertionError(f"{len(masks)} masks for {len(model.backbone.layers)} layers")
+
+    def forward(i, mixer, layout, hidden):
+        return mixer_forward(mixer, layout, hidden, mask=masks[i], chunked=chunked)
+
+    with patched_mixers(model, forward, "masked_mixers"):
+        yield
