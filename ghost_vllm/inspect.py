@@ -38,7 +38,8 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir
 
     if is_mamba_ssm_dir(model_dir):  # state-spaces layout: shapes follow from the config (weights may be a pickle)
-        cfg = {**hf_config_from_mamba_ssm(read_config(model_dir)), "architectures": ["mamba_ssm layout"]}
+        cfg = {**hf_config_from_mamba_ssm(read_config(model_dir)), "architectures": ["mamba_ssm layout"],
+               "model_type": "mamba2"}
         cfg["dtype"] = dtype or "bfloat16"
         per_layer = [cfg["state_size"]] * cfg["num_hidden_layers"]
     else:
@@ -46,7 +47,7 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
         per_layer = layer_state_sizes(model_dir, cfg)
     from ghost_vllm.checkpoint import model_family
 
-    family = model_family(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"})
+    family = model_family(cfg)
     dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)

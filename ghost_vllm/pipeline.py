@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ghost_vllm.families import Family, family_for_config
+from ghost_vllm.families import Family, family_by_name, family_for_config
 from ghost_vllm.mamba.budgets import LAYER_STATE_SIZES_KEY, is_uniform
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
@@ -95,7 +95,7 @@ def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progr
                   family: Optional[Family] = None, calls: Optional[list[BlockCall]] = None) -> ChannelMoments:
     """Stream one layer's scan statistics over the cached inputs ``[b, T, hidden]`` (block inputs; the mixer's own
     input is what the block hands it — after its norm, and for a Zamba2 hybrid layer after the shared attention)."""
-    family = family or family_for_config({"model_type": "mamba2"})
+    family = family or family_by_name("mamba2")
     mixer = family.mixer(block)
     acc = StateChannelAccumulator(layout.n_groups, layout.state_size, layout.heads_per_group, layout.head_dim)
     for i, x in enumerate(inputs):

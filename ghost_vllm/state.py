@@ -42,6 +42,7 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     (:mod:`ghost_vllm.planner.hybrid`)."""
     from ghost_vllm.families import family_for_config
 
+    # hand-built Mamba2 dicts (the planner's converted mamba_ssm configs, tests) carry no model_type
     family = family_for_config(config if config.get("model_type") else {**config, "model_type": "mamba2"})
     L = len(family.mamba_layers(config))
     if state_sizes is None:

@@ -60,7 +60,7 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
                dtype: str, allocation: Optional[Allocation] = None) -> dict:
     from ghost_vllm.families import family_for_config
 
-    family = family_for_config(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"})
+    family = family_for_config(cfg)
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
     new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
     kind = "explicit" if recipe.selection.state_sizes is not None else recipe.selection.allocation
@@ -103,7 +103,7 @@ def ghost_json(recipe: Recipe, report: PruneReport, cfg: dict, calib_spec: dict,
 def run_prune(recipe: Recipe, device: str = "cpu", progress: bool = True) -> PruneOutcome:
     source_dir = resolve_model_path(recipe.model.path)
     if is_mamba_ssm_dir(source_dir):  # state-spaces layout: read straight into the HF module, no converted copy
-        cfg = hf_config_from_mamba_ssm(read_config(source_dir))
+        cfg = {**hf_config_from_mamba_ssm(read_config(source_dir)), "model_type": "mamba2"}
         return _prune(recipe, source_dir, cfg, device, progress, mamba_ssm=True)
     return _prune(recipe, source_dir, validate_model_dir(source_dir), device, progress, mamba_ssm=False)
 
@@ -136,7 +136,7 @@ def _prune(recipe: Recipe, model_dir: Path, cfg: dict, device: str, progress: bo
     # cheap checks first: model config/shapes, output target, sparsity vs N, calibration text
     target = _check_target(recipe, model_dir)
     sel = recipe.selection
-    family = model_family(cfg if cfg.get("model_type") else {**cfg, "model_type": "mamba2"}, f"{model_dir}/config.json")
+    family = model_family(cfg, f"{model_dir}/config.json")
     _check_family_supports(family, recipe)
     N, L = family.state_size(cfg), len(family.mamba_layers(cfg))
     if cfg.get("layer_state_sizes") is not None:
