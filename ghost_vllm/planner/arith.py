@@ -21,7 +21,7 @@ from typing import Sequence
 
 from ghost_vllm.errors import RecipeError
 
-__all__ = ["DTYPE_BYTES", "MambaShape", "BlockMath", "block_math", "num_blocks"]
+__all__ = ["DTYPE_BYTES", "MambaShape", "BlockMath", "block_math", "extra_groups", "num_blocks"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -68,7 +68,8 @@ class BlockMath:
         return len(pages) * max(pages) if self.padded else sum(pages)
 
 
-def _extra_groups(n_groups: int, tp: int) -> int:
+def extra_groups(n_groups: int, tp: int) -> int:
+    """vLLM's ``extra_groups_for_head_shards``: groups added so that every TP rank holds one when tp ∤ n_groups."""
     return 0 if n_groups % tp == 0 else tp - n_groups
 
 
@@ -83,7 +84,7 @@ def block_math(shape: MambaShape, state_sizes: Sequence[int], conv_dtype: str, s
     for name in (conv_dtype, ssm_dtype):
         if name not in DTYPE_BYTES:
             raise RecipeError(f"state dtype {name!r}: use one of {', '.join(DTYPE_BYTES)}")
-    groups = shape.n_groups + _extra_groups(shape.n_groups, tp)
+    groups = shape.n_groups + extra_groups(shape.n_groups, tp)
     conv, ssm = [], []
     for n in state_sizes:
         conv_dim = shape.intermediate_size + 2 * groups * int(n)
