@@ -1,6 +1,6 @@
 """vLLM 0.33.0's own cache planning, run on this CPU without a GPU, against ghost_vllm's planner (written for 0.32).
 
-    python benchmarks/vllm033_check.py --tree /work/cache/vllm033/tree   # → benchmarks/results/vllm033/results.{json,md}
+    python benchmarks/vllm033_check.py --tree DIR     # → benchmarks/results/vllm033/results.{json,md}
 
 ``--tree`` is the directory that holds an unzipped ``vllm/`` Python tree of the GPU wheel (``pip download --no-deps
 vllm==0.33.0``, then unzip ``vllm/*.py``; no ``.so``). The checks run in a subprocess with ``PYTHONPATH=<tree>``, so
@@ -15,9 +15,10 @@ Checks (each row says what it compared):
 
 * ``patch-hash``: sha256 of ``inspect.getsource`` of each patch target in the tree vs the patch's ``target_sha256``;
 * ``mamba2``: pure Mamba2 — dense, a uniform ghost N', a per-layer ghost (``GhostMambaSpec``: one
-  ``UniformTypeKVCacheSpecs`` group, block = Σ_l page_l) and the same sizes with stock ``MambaSpec`` (pages padded to
-  the largest) — group kind, bytes per block and ``num_blocks`` for several cache sizes vs
-  ``ghost_vllm.planner.arith.block_math`` / ``num_blocks``; start-up refuses fewer than 2 blocks;
+  ``UniformTypeKVCacheSpecs`` group, block = Σ_l page_l) — groups, layout, bytes per block and ``num_blocks`` for
+  several cache sizes vs ``ghost_vllm.planner.arith.block_math`` / ``num_blocks``, and start-up refusing fewer than 2
+  blocks; the same per-layer sizes with stock ``MambaSpec`` (what ``--stock-padding`` prices) are compared per
+  sequence, since vLLM lays them out as several groups of padded pages;
 * ``ssu-patch``: with the tree's ``initialize_mamba_ssu_backend``, the per-layer group leaves the state-update backend
   uninitialised; ``patches/ssu_backend_uniform_type.py``'s ``install()`` makes it initialise (the version gate of
   ``apply_patch`` still names 0.32.0 only, which the row reports);
@@ -101,11 +102,11 @@ def _plan(vc, specs: dict, memory: int, backends: list, tp: int = 1):
     return layout, groups, kv
 
 
-def _mixer_spec(spec_cls, shapes, dtypes, block_size: int, mode: str, page_size_padded=None):
+def _mixer_spec(spec_cls, shapes, dtypes, block_size: int, mode: str):
     """``MambaMixer2.get_kv_cache_spec`` (MambaBase's spec, then ``num_prefill_checkpoint_blocks=1``,
     ``prefill_checkpoint_alignment=1``); ``spec_cls`` GhostMambaSpec for ``GhostMambaMixer2``."""
-    return spec_cls(shapes=tuple(shapes), dtypes=tuple(dtypes), block_size=block_size, page_size_padded=page_size_padded,
-                    mamba_cache_mode=mode, num_prefill_checkpoint_blocks=1, prefill_checkpoint_alignment=1)
+    return spec_cls(shapes=tuple(shapes), dtypes=tuple(dtypes), block_size=block_size, mamba_cache_mode=mode,
+                    num_prefill_checkpoint_blocks=1, prefill_checkpoint_alignment=1)
 
 
 def _mamba2_rows(rows: list) -> dict:
@@ -141,7 +142,8 @@ def _mamba2_rows(rows: list) -> dict:
                 for i, s in enumerate(sizes):
                     shapes = MambaStateShapeCalculator.mamba2_state_shape(
                         tp_world_size=tp, intermediate_size=shape.intermediate_size, n_groups=shape.n_groups,
-                        num_heads=shape.num_heads, head_dim=shape.head_dim, state_size=s, conv_kernel=shape.conv_kernel)
+                        num_heads=shape.num_heads, head_dim=shape.head_dim, state_size=s,
+                        conv_kernel=shape.conv_kernel)
                     # mode "none": MambaModelConfig sets mamba_block_size = max_model_len
                     specs[f"backbone.layers.{i}.mixer"] = _mixer_spec(spec_cls, shapes, dts, max_model_len, "none")
                 ours = block_math(shape, sizes, dtype, dtype if ssm == "auto" else ssm, tp, padded=padded)
@@ -156,12 +158,12 @@ def _mamba2_rows(rows: list) -> dict:
                     kinds.add(tuple(type(g.kv_cache_spec).__name__ + (
                         f"[{type(g.kv_cache_spec.first_spec).__name__}]"
                         if isinstance(g.kv_cache_spec, UniformTypeKVCacheSpecs) else "") for g in groups))
-                    per_req = sum(math.ceil(g.kv_cache_spec.max_memory_usage_bytes(vc) / g.kv_cache_spec.page_size_bytes)
-                                  for g in groups)
+                    per_req = sum(math.ceil(g.kv_cache_spec.max_memory_usage_bytes(vc)
+                                            / g.kv_cache_spec.page_size_bytes) for g in groups)
                     bpb = kv.kv_cache_tensors[0].size // kv.num_blocks  # every tensor aliases the one backing
                     nb = num_blocks(memory, b)
-                    got[memory] = {"vllm": {"num_blocks": kv.num_blocks, "bytes_per_block": bpb, "groups": len(groups),
-                                            "blocks_per_request": per_req,
+                    got[memory] = {"vllm": {"num_blocks": kv.num_blocks, "bytes_per_block": bpb,
+                                            "groups": len(groups), "blocks_per_request": per_req,
                                             "sequences": (kv.num_blocks - 1) // per_req},
                                    "planner": {"num_blocks": nb, "bytes_per_block": b, "sequences": nb - 1}}
                     if variant == "per-layer ghost" and tp == 1 and name == "reference":
@@ -174,18 +176,18 @@ def _mamba2_rows(rows: list) -> dict:
                         refused = str(e).split("(")[0].strip()
                 expect = ("UniformTypeKVCacheSpecs[GhostMambaSpec]",) if spec_cls is GhostMambaSpec else ("MambaSpec",)
                 if padded:  # vLLM's own layout of stock per-layer specs: say it, compare bytes per sequence
-                    same = all(g["vllm"]["bytes_per_block"] * g["vllm"]["blocks_per_request"] == b for g in got.values())
-                    ok = same and len(kinds) == 1
+                    ok = len(kinds) == 1 and all(
+                        g["vllm"]["bytes_per_block"] * g["vllm"]["blocks_per_request"] == b for g in got.values())
                 else:
-                    same = all(g["vllm"]["num_blocks"] == g["planner"]["num_blocks"] and g["vllm"]["bytes_per_block"] == b
-                               and g["vllm"]["blocks_per_request"] == 1 for g in got.values())
-                    ok = same and kinds == {expect} and refused is not None
-                top = got[80 * GiB]
+                    ok = kinds == {expect} and refused is not None and all(
+                        g["vllm"]["num_blocks"] == g["planner"]["num_blocks"] and g["vllm"]["bytes_per_block"] == b
+                        and g["vllm"]["blocks_per_request"] == 1 for g in got.values())
+                top = got[80 * GiB]["vllm"]
                 rows.append({"check": "mamba2", "model": name, "variant": variant, "tp": tp, "dtype": dtype,
                              "ssm_dtype": ssm, "state_sizes": list(sizes) if len(set(sizes)) > 1 else [sizes[0]],
                              "layers": L, "groups": sorted(kinds)[0], "layout": sorted(layouts),
                              "memories": {str(m): g for m, g in got.items()},
-                             "vllm_bytes_per_sequence": top["vllm"]["bytes_per_block"] * top["vllm"]["blocks_per_request"],
+                             "vllm_bytes_per_sequence": top["bytes_per_block"] * top["blocks_per_request"],
                              "planner_bytes_per_sequence": b, "below_two_blocks_refused": refused, "ok": ok})
     return kept
 
@@ -277,7 +279,8 @@ def _hybrid_rows(rows: list) -> None:
             for n in T._state_sizes(cfg):
                 for mode in ("none", "align"):
                     v = types.SimpleNamespace(
-                        torch=torch, CacheConfig=lambda: CacheConfig(mamba_cache_mode=mode), registry=ModelRegistry,
+                        torch=torch, CacheConfig=lambda mode=mode: CacheConfig(mamba_cache_mode=mode),
+                        registry=ModelRegistry,
                         config_map=MODELS_CONFIG_MAP, cpu_mamba_backend=cpu_platform._cpu_mamba_backend,
                         platforms=platforms,
                         convertor=lambda hf: MODEL_ARCH_CONFIG_CONVERTORS.get(hf.model_type,
@@ -368,16 +371,17 @@ def child(tree: Path, out: Path) -> None:
 def _markdown(res: dict, cmd: str) -> str:
     info, rows = res["info"], res["rows"]
     lines = [f"# vLLM {info['vllm_version']} cache planning vs ghost_vllm's planner (no GPU)", "",
-             f"Run: `{cmd}` — vLLM {info['vllm_version']} pure-Python modules from `{info['vllm_file']}` "
-             f"(platform {info['platform']}, torch {info['torch']}, Python {info['python']}); `GhostMambaSpec` "
+             f"Run: `{cmd}`, which runs `{info['command']}`: vLLM {info['vllm_version']}'s pure-Python modules from "
+             f"`{info['vllm_file']}` (platform {info['platform']}, torch {info['torch']}, Python {info['python']}; "
+             "sha256 of the modules used in results.json); `GhostMambaSpec` "
              f"subclasses `MambaSpec` from `{info['GhostMambaSpec_base']}`. Generated by "
              "`benchmarks/vllm033_check.py`; numbers come from results.json.", "",
              "## Patch targets", "", "| patch | target | sha256 in this tree | declared (for " +
              ", ".join(rows[0]["declared_versions"]) + ") | same source |", "|---|---|---|---|---|"]
     for r in rows:
         if r["check"] == "patch-hash":
-            lines.append(f"| {r['patch']} | `{r['target']}` | `{r['sha256'][:16]}…` | `{r['declared_sha256'][:16]}…` "
-                         f"| {'yes' if r['same_source'] else 'no'} |")
+            lines.append(f"| {r['patch']} | `{r['target']}` | `{r['sha256'][:16]}…` | "
+                         f"`{r['declared_sha256'][:16]}…` | {'yes' if r['same_source'] else 'no'} |")
     lines += ["", "## Pure Mamba2: engine-core planning (get_global_kv_cache_groups → get_kv_cache_configs) vs "
               "planner.arith (80 GiB of cache per worker)", "",
               "| model | variant | TP | dtype / SSM | groups | layout | bytes/block vLLM | planner | blocks/request "
@@ -386,6 +390,7 @@ def _markdown(res: dict, cmd: str) -> str:
     for r in rows:
         if r["check"] == "mamba2":
             g = r["memories"][str(80 * GiB)]
+            refused = "—" if r["variant"] == "per-layer stock" else "yes" if r["below_two_blocks_refused"] else "NO"
             v, p = g["vllm"], g["planner"]
             kinds = sorted(set(r["groups"]))
             groups = f"{len(r['groups'])} × {kinds[0]}" if len(kinds) == 1 else ", ".join(r["groups"])
@@ -394,8 +399,7 @@ def _markdown(res: dict, cmd: str) -> str:
                          f"{v['blocks_per_request']} | {v['num_blocks']:,} | {p['num_blocks']:,} | "
                          f"{v['sequences']:,} | {p['sequences']:,} | "
                          f"{'yes' if r['vllm_bytes_per_sequence'] == r['planner_bytes_per_sequence'] else 'NO'} | "
-                         f"{'—' if r['variant'] == 'per-layer stock' else ('yes' if r['below_two_blocks_refused'] else 'NO')}"
-                         f" | {'✓' if r['ok'] else '✗'} |")
+                         f"{refused} | {'✓' if r['ok'] else '✗'} |")
     stock = [r for r in rows if r["check"] == "mamba2" and r["variant"] == "per-layer stock"]
     if stock:
         lines += ["", "Per-layer stock (no GhostMambaSpec): vLLM pads every page to the largest "
@@ -465,14 +469,15 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(proc.stderr[-6000:])
             return proc.returncode or 1
         res = json.loads(raw.read_text())
-    res["info"]["command"] = f"PYTHONPATH={tree} {sys.executable} benchmarks/vllm033_check.py --child … (subprocess)"
+    res["info"]["command"] = f"PYTHONPATH={tree} {sys.executable} benchmarks/vllm033_check.py --tree {tree} --child RAW"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
     shown = f"python benchmarks/vllm033_check.py --tree {tree}"
     (args.out / "results.md").write_text(_markdown(res, shown))
     rows = res["rows"]
     failed = [r for r in rows if r["check"] in ("mamba2", "ssu-patch") and not r["ok"]] + [
-        r for r in rows if r["check"] == "hybrid" and not (r["ok_layout_and_blocks"] and r["ok_per_request_test_specs"])]
+        r for r in rows
+        if r["check"] == "hybrid" and not (r["ok_layout_and_blocks"] and r["ok_per_request_test_specs"])]
     print(f"vLLM {res['info']['vllm_version']}: {len(rows)} rows, {len(failed)} failed → {args.out}/results.md")
     return 1 if failed else 0
 

@@ -34,12 +34,14 @@ class StateSize:
 
 
 def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtype: Optional[str] = None,
-                  ssm_dtype: Optional[str] = None, state_sizes: Optional[Sequence[int]] = None) -> StateSize:
+                  ssm_dtype: Optional[str] = None, state_sizes: Optional[Sequence[int]] = None,
+                  tensor_parallel_size: int = 1) -> StateSize:
     """Mamba state per sequence for a ``config.json`` dict of any supported family (a dict without ``model_type`` is
     read as Mamba2): every Mamba layer at ``state_size``, or per Mamba layer at ``state_sizes``, or (neither given) as
     the config says (``layer_state_sizes`` when present). ``dtype`` is the conv-state dtype (default: the config's
     ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same). Attention KV is not included
-    (:mod:`ghost_vllm.planner.hybrid`)."""
+    (:mod:`ghost_vllm.planner.hybrid`). ``tensor_parallel_size`` > 1 gives what ONE rank holds per sequence (vLLM
+    shards heads and conv channels; see :meth:`InProjLayout.state_elements`)."""
     from ghost_vllm.families import family_for_config
 
     # hand-built Mamba2 dicts (the planner's converted mamba_ssm configs, tests) carry no model_type
@@ -55,7 +57,7 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     conv = ssm = 0
     per_layer = []
     for n in state_sizes:
-        cl, sl = layout.with_state_size(int(n)).state_elements()
+        cl, sl = layout.with_state_size(int(n)).state_elements(tensor_parallel_size)
         conv, ssm = conv + cl, ssm + sl
         per_layer.append(cl * DTYPE_BYTES[dtype] + sl * DTYPE_BYTES[ssm_dtype])
     return StateSize(L, layout.state_size, conv, ssm, conv * DTYPE_BYTES[dtype], ssm * DTYPE_BYTES[ssm_dtype],

@@ -22,7 +22,8 @@ from typing import Optional
 from ghost_vllm.checkpoint import GHOST_FILE, resolve_model_path
 from ghost_vllm.errors import GhostError, RecipeError
 
-__all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value"]
+__all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value", "int_flag", "set_flag",
+           "serve_choices", "cpu_thread_binding"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,61 @@ AUTO_FLAG = "--auto-max-num-seqs"
 
 def server_command(model: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *extra]
+
+
+def int_flag(extra: list[str], default: int, *names: str) -> int:
+    """An integer vLLM flag's value, or a one-line error naming it."""
+    text = flag_value(extra, *names)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise RecipeError(f"{names[0]} {text!r}: must be an integer") from None
+
+
+def set_flag(extra: list[str], name: str, value: str) -> list[str]:
+    """``extra`` with every ``name`` occurrence (``--flag v`` / ``--flag=v``) replaced by one ``name value``."""
+    out, skip = [], False
+    for i, arg in enumerate(extra):
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return [*out, name, value]
+
+
+def serve_choices(extra: list[str], cfg: Optional[dict] = None):
+    """The parallel sizes, Mamba backend and SSM-state element size the flags (and the config's defaults) give."""
+    from ghost_vllm.plugin.preflight import ServeChoices
+
+    ssm = flag_value(extra, "--mamba-ssm-cache-dtype") or "auto"
+    if ssm == "auto" and cfg is not None:
+        from ghost_vllm.families import family_for_config
+
+        # vLLM: the family's default (Nemotron-H float32), else the model dtype; "auto" serves a float32 checkpoint
+        # in bfloat16 on GPU
+        ssm = family_for_config(cfg).default_ssm_cache_dtype(cfg) or flag_value(extra, "--dtype") or "bfloat16"
+    return ServeChoices(tensor_parallel_size=int_flag(extra, 1, "--tensor-parallel-size", "-tp"),
+                        pipeline_parallel_size=int_flag(extra, 1, "--pipeline-parallel-size", "-pp"),
+                        mamba_backend=flag_value(extra, "--mamba-backend") or "triton",
+                        ssm_state_bytes=4 if ssm == "float32" else 2)
+
+
+def cpu_thread_binding(ranks: int, allowed: list[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` CPU workers: the allowed cores split into contiguous groups
+    ("0|1", "0-3|4-7"). vLLM's default ("auto") binds a worker per NUMA node and refuses more workers than nodes."""
+    if ranks > len(allowed):
+        raise RecipeError(f"--tensor-parallel-size × --pipeline-parallel-size = {ranks} CPU workers need at least "
+                          f"{ranks} cores (one each); this machine allows {len(allowed)}")
+    per = len(allowed) // ranks
+    groups = [allowed[i * per:(i + 1) * per] for i in range(ranks)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
 
 
 def flag_value(extra: list[str], *names: str) -> Optional[str]:
@@ -77,10 +133,8 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
     cache_text = flag_value(extra, "--kv-cache-memory-bytes")
     memory: Optional[int] = None
     if cache_text is not None:
-        try:
-            memory = parse_size(cache_text, "--kv-cache-memory-bytes")
-        except RecipeError:
-            memory = None  # a form vLLM parses and we do not: leave it to vLLM, skip the check
+        memory = parse_size(cache_text, "--kv-cache-memory-bytes")
+        extra = set_flag(extra, "--kv-cache-memory-bytes", str(memory))  # vLLM's parser takes plain integers
     elif on_cpu and env.get("VLLM_CPU_KVCACHE_SPACE", "") != "":
         memory = int(env["VLLM_CPU_KVCACHE_SPACE"]) * 2**30
     elif on_cpu:
@@ -98,8 +152,7 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
                                                           cfg_dtype not in DTYPE_BYTES else cfg_dtype)
     ssm_flag = flag_value(extra, "--mamba-ssm-cache-dtype") or "auto"
     ssm = ssm_flag if ssm_flag in DTYPE_BYTES else dtype
-    tp_text = flag_value(extra, "--tensor-parallel-size", "-tp") or "1"
-    tp = int(tp_text) if tp_text.isdigit() else 1
+    tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
     bm = block_math(MambaShape.from_config(model.config), model.state_sizes, dtype, ssm, tp)
     estimate = ""
     if memory is None and not on_cpu and device_memory > 0:  # GPU, no cache size: estimate as `ghost-vllm plan` does
@@ -130,11 +183,36 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
             extra += ["--max-num-seqs", str(blocks)]
             lines.append(f"{origin} {requested} exceeds the {blocks:,} Mamba cache blocks the state memory holds"
                          f"{estimate}: passing --max-num-seqs {blocks} ({AUTO_FLAG})")
+        elif not on_cpu and not estimate and "--enforce-eager" not in extra:
+            # vLLM 0.32/0.33 (CompilationConfig, vllm#34094/#49064): with full CUDA graphs each decode sequence needs
+            # a Mamba block, and start-up fails after the weights are loaded; say it now
+            raise RecipeError(f"{origin} {requested} exceeds the {blocks:,} Mamba cache blocks in "
+                              f"--kv-cache-memory-bytes {memory}: with full CUDA graphs vLLM refuses to start; pass "
+                              f"--max-num-seqs {blocks}, {AUTO_FLAG}, or more cache memory")
         else:
             lines.append(f"{origin} {requested} exceeds the {blocks:,} Mamba cache blocks the state memory holds"
                          f"{estimate} (at most {blocks - 1:,} run at once; with full CUDA graphs vLLM refuses to "
                          f"start); pass --max-num-seqs {blocks} or {AUTO_FLAG}")
     return ServePlan(extra, lines)
+
+
+def _preflight(model_dir: Path, extra: list[str]):
+    """Refuse a TP/PP size or Mamba backend the checkpoint cannot run with (any supported family; others pass);
+    returns the parsed choices."""
+    import json
+
+    from ghost_vllm.errors import ModelError
+    from ghost_vllm.families import family_for_config
+    from ghost_vllm.plugin.preflight import preflight
+
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        family = family_for_config(cfg, f"{model_dir}/config.json")
+    except (OSError, ValueError, ModelError):
+        return serve_choices(extra)  # not a model of ours: vLLM checks its own
+    choices = serve_choices(extra, cfg)
+    preflight(cfg, family.state_sizes(cfg, f"{model_dir}/config.json"), choices, where=str(model_dir))
+    return choices
 
 
 def _platform() -> tuple[bool, int, int, str]:
@@ -164,8 +242,15 @@ def run_serve(model: str, extra: list[str]) -> int:
         from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
         validate_ghost_checkpoint(Path(model_dir))
+    choices = _preflight(model_dir, extra)
     on_cpu, available, device, name = _platform()
     plan = plan_serve(model_dir, extra, on_cpu, available, device, name)
+    ranks = choices.tensor_parallel_size * choices.pipeline_parallel_size
+    if on_cpu and ranks > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        bind = cpu_thread_binding(ranks, sorted(os.sched_getaffinity(0)))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+        plan.lines.append(f"{ranks} CPU workers: VLLM_CPU_OMP_THREADS_BIND={bind} (one core group each; set it "
+                          f"yourself to choose)")
     for line in plan.lines:
         print(f"ghost-vllm serve: {line}", flush=True)
     cmd = server_command(str(model_dir), plan.extra)

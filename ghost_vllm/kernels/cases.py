@@ -90,10 +90,11 @@ def product_state_sizes(dense: int) -> dict[int, list[str]]:
 
 
 def shard(shape: ModelShape, tp: int) -> tuple[int, int] | None:
-    """(heads, groups) on one of ``tp`` ranks, or None when tp does not divide the heads."""
-    from ghost_vllm.planner.arith import extra_groups
+    """(heads, groups) on one of ``tp`` ranks, or None where vLLM refuses the split (tp must divide the heads, and
+    the groups unless n_groups is 1)."""
+    from ghost_vllm.mamba.layout import extra_groups
 
-    if shape.num_heads % tp:
+    if shape.num_heads % tp or (shape.n_groups % tp and shape.n_groups != 1):
         return None
     groups = shape.n_groups + extra_groups(shape.n_groups, tp)
     return shape.num_heads // tp, groups // tp

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["InProjLayout"]
+__all__ = ["InProjLayout", "extra_groups"]
+
+
+def extra_groups(n_groups: int, tp: int) -> int:
+    """vLLM's ``extra_groups_for_head_shards``: groups added so that every TP rank holds one when tp ∤ n_groups."""
+    return 0 if n_groups % tp == 0 else tp - n_groups
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,12 @@ class InProjLayout:
     def with_state_size(self, n: int) -> "InProjLayout":
         return InProjLayout(self.hidden_size, self.num_heads, self.head_dim, self.n_groups, n, self.conv_kernel)
 
-    def state_elements(self) -> tuple[int, int]:
-        """Per sequence and layer: (conv state elements, SSM state elements)."""
-        return (self.conv_kernel - 1) * self.conv_dim, self.num_heads * self.head_dim * self.state_size
+    def state_elements(self, tp: int = 1) -> tuple[int, int]:
+        """Per sequence and layer on one of ``tp`` tensor-parallel ranks: (conv state elements, SSM state elements).
+        vLLM shards heads and conv channels by ``tp`` and first adds :func:`extra_groups` groups when tp ∤ n_groups
+        (``MambaStateShapeCalculator.mamba2_state_shape``)."""
+        if tp < 1 or self.num_heads % tp:
+            raise ValueError(f"tensor parallel size {tp} does not divide num_heads {self.num_heads}")
+        groups = self.n_groups + extra_groups(self.n_groups, tp)
+        conv_dim = self.intermediate_size + 2 * groups * self.state_size
+        return (self.conv_kernel - 1) * (conv_dim // tp), (self.num_heads // tp) * self.head_dim * self.state_size

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ghost_vllm.errors import RecipeError
+from ghost_vllm.mamba.layout import extra_groups
 
-__all__ = ["DTYPE_BYTES", "MambaShape", "BlockMath", "block_math", "extra_groups", "num_blocks"]
+__all__ = ["DTYPE_BYTES", "MambaShape", "BlockMath", "block_math", "num_blocks"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -66,11 +67,6 @@ class BlockMath:
     def bytes_per_block(self) -> int:
         pages = self.page_bytes
         return len(pages) * max(pages) if self.padded else sum(pages)
-
-
-def extra_groups(n_groups: int, tp: int) -> int:
-    """vLLM's ``extra_groups_for_head_shards``: groups added so that every TP rank holds one when tp ∤ n_groups."""
-    return 0 if n_groups % tp == 0 else tp - n_groups
 
 
 def block_math(shape: MambaShape, state_sizes: Sequence[int], conv_dtype: str, ssm_dtype: str, tp: int = 1,

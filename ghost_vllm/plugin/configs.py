@@ -9,16 +9,18 @@ from vllm.model_executor.models.config import NemotronHForCausalLMConfig, Verify
 __all__ = ["GhostNemotronHConfig", "GhostHybridConfig"]
 
 
-def _check(model: str) -> None:
-    from ghost_vllm.plugin.model import _check as check
+def _check(vllm_config) -> None:
+    from ghost_vllm.plugin.model import check_checkpoint as check
+    from ghost_vllm.plugin.preflight import preflight_vllm_config
 
-    check(model)
+    check(vllm_config.model_config.model)
+    preflight_vllm_config(vllm_config)
 
 
 class GhostNemotronHConfig(NemotronHForCausalLMConfig):
     @classmethod
     def verify_and_update_config(cls, vllm_config) -> None:
-        _check(vllm_config.model_config.model)
+        _check(vllm_config)
         super().verify_and_update_config(vllm_config)
 
 
@@ -27,4 +29,4 @@ class GhostHybridConfig(VerifyAndUpdateConfig):
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:
-        _check(vllm_config.model_config.model)
+        _check(vllm_config)

@@ -17,7 +17,7 @@ from vllm.model_executor.models.granitemoehybrid import GraniteMoeHybridForCausa
 from vllm.model_executor.models.nemotron_h import NemotronHForCausalLM
 from vllm.model_executor.models.zamba2 import Zamba2ForCausalLM
 
-from ghost_vllm.plugin.model import _check
+from ghost_vllm.plugin.model import check_checkpoint
 
 __all__ = ["GhostNemotronHForCausalLM", "GhostGraniteMoeHybridForCausalLM", "GhostFalconH1ForCausalLM",
            "GhostZamba2ForCausalLM"]
@@ -28,7 +28,7 @@ class _Validated:
     bypassed); put first in the bases so it runs before the family's ``__init__``."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
-        _check(vllm_config.model_config.model)
+        check_checkpoint(vllm_config.model_config.model)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
 

@@ -2,7 +2,9 @@
 
 Metric names follow Prometheus rules (units in names, ``_total`` for counters) and never reuse a ``vllm:`` name
 (vLLM unregisters those). Metrics are created once per process; labels carry the served model name. For any
-architecture other than ``GhostMamba2ForCausalLM`` the logger stays inert and registers nothing.
+architecture other than the ghost architectures of :data:`ghost_vllm.plugin.ARCHITECTURES` (all five families) the
+logger stays inert and registers nothing. With tensor parallelism every byte and slot figure is one rank's (the
+cache memory vLLM sizes is per rank, and so is each sequence's state), so slots = memory // bytes holds at any TP.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def _metrics() -> SimpleNamespace:
     m = ["model_name"]
     return SimpleNamespace(
         state_size=Gauge("ghost:state_size", "SSM state channels per group (d_state)", m + ["variant"]),
-        bytes_per_seq=Gauge("ghost:state_bytes_per_sequence", "Recurrent state bytes per sequence (conv + SSM, all "
-                            "layers, at the engine's cache dtypes)", m + ["variant"]),
+        bytes_per_seq=Gauge("ghost:state_bytes_per_sequence", "Recurrent state bytes per sequence on one tensor-parallel "
+                            "rank (conv + SSM, all layers, at the engine's cache dtypes)", m + ["variant"]),
+        tp=Gauge("ghost:tensor_parallel_size", "Tensor-parallel ranks the state is sharded over", m),
         ratio=Gauge("ghost:state_reduction_ratio", "Original / pruned state bytes per sequence", m),
         slots=Gauge("ghost:state_slots", "Sequence state slots the engine allocated (usable cache blocks)", m),
         dense_slots=Gauge("ghost:dense_equivalent_state_slots", "State slots the original model would get in the same "
@@ -46,17 +49,17 @@ def _metrics() -> SimpleNamespace:
     )
 
 
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 
-def state_bytes(hf_config: Any, state_size: Optional[int], conv_dtype: str, ssm_dtype: str) -> int:
-    """Per sequence, all layers — the same arithmetic as vLLM's ``MambaStateShapeCalculator.mamba2_state_shape``;
-    ``state_size=None`` prices the checkpoint's own (possibly per-layer) sizes."""
+def state_bytes(hf_config: Any, state_size: Optional[int], conv_dtype: str, ssm_dtype: str, tp: int = 1) -> int:
+    """Per sequence, all layers, on one of ``tp`` ranks — the same arithmetic as vLLM's
+    ``MambaStateShapeCalculator.mamba2_state_shape``; ``state_size=None`` prices the checkpoint's own (possibly
+    per-layer) sizes."""
     from ghost_vllm.state import state_size_of
 
     cfg = hf_config.to_dict()
     cfg["layer_state_sizes"] = getattr(hf_config, "layer_state_sizes", None)
-    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype)
+    s = state_size_of(cfg, state_size=state_size, dtype=conv_dtype, ssm_dtype=ssm_dtype, tensor_parallel_size=tp)
     return s.bytes_per_sequence
 
 
@@ -86,9 +89,12 @@ class GhostStatLogger(StatLoggerBase):
 
         n = family_for_config(hf).state_size(hf)
         n0 = int(self.info.get("state_size_original", n))
-        self.pruned_bytes = state_bytes(hf, None, conv_dtype, ssm_dtype)  # per-layer sizes where the checkpoint has them
-        self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype)
+        tp = int(getattr(getattr(vllm_config, "parallel_config", None), "tensor_parallel_size", 1) or 1)
+        # per-layer sizes where the checkpoint has them; one rank's share
+        self.pruned_bytes = state_bytes(hf, None, conv_dtype, ssm_dtype, tp)
+        self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype, tp)
         label = {"model_name": self.model_name}
+        self.m.tp.labels(**label).set(tp)
         self.m.state_size.labels(variant="original", **label).set(n0)
         self.m.state_size.labels(variant="pruned", **label).set(n)
         self.m.bytes_per_seq.labels(variant="original", **label).set(self.dense_bytes)

@@ -27,12 +27,12 @@ from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausa
 from ghost_vllm.mamba.budgets import config_state_sizes, is_uniform
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
-__all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2"]
+__all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2", "check_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 
-def _check(model: str) -> None:
+def check_checkpoint(model: str) -> None:
     if os.path.isdir(model):
         info = validate_ghost_checkpoint(Path(model))
         log.info("ghost checkpoint %s: state_size %d → %d, %d B/sequence (%.3f× smaller state)", model,
@@ -47,7 +47,10 @@ class GhostMambaModelConfig(MambaModelConfig):
 
     @classmethod
     def verify_and_update_config(cls, vllm_config) -> None:
-        _check(vllm_config.model_config.model)
+        from ghost_vllm.plugin.preflight import preflight_vllm_config
+
+        check_checkpoint(vllm_config.model_config.model)
+        preflight_vllm_config(vllm_config)
         super().verify_and_update_config(vllm_config)
 
 
@@ -65,7 +68,7 @@ class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
     """Stock Mamba2 for a ghost checkpoint (``config.state_size`` = N', or per layer ``layer_state_sizes``)."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
-        _check(vllm_config.model_config.model)  # again in the worker: the config map may have been bypassed
+        check_checkpoint(vllm_config.model_config.model)  # again in the worker: the config map may have been bypassed
         sizes = config_state_sizes(vllm_config.model_config.hf_config)
         if not is_uniform(sizes):
             from ghost_vllm_patches import PATCHES, apply_patch
