@@ -9,7 +9,7 @@ ghost_vllm; ``ghost_vllm.plugin.spec`` then subclasses that tree's ``MambaSpec``
 built: the per-layer KV-cache specs are made the way the model layers make them, with the tree's own calculators, and
 handed to the tree's own engine-core planning (``get_global_kv_cache_groups`` → ``resolve_kv_cache_layout`` →
 ``get_kv_cache_configs``, as ``EngineCore._initialize_kv_caches`` calls them). Point ``--tree`` at an unzipped 0.32.0
-GPU wheel to run the same checks on 0.32.0.
+GPU wheel (with ``--out benchmarks/results/vllm032-gpu``) to run the same checks on 0.32.0.
 
 Checks (each row says what it compared):
 
@@ -20,8 +20,8 @@ Checks (each row says what it compared):
   blocks; the same per-layer sizes with stock ``MambaSpec`` (what ``--stock-padding`` prices) are compared per
   sequence, since vLLM lays them out as several groups of padded pages;
 * ``ssu-patch``: with the tree's ``initialize_mamba_ssu_backend``, the per-layer group leaves the state-update backend
-  uninitialised; ``patches/ssu_backend_uniform_type.py``'s ``install()`` makes it initialise (the version gate of
-  ``apply_patch`` still names 0.32.0 only, which the row reports);
+  uninitialised; ``patches/ssu_backend_uniform_type.py``'s ``install()`` makes it initialise (``apply_patch``'s
+  version and source-hash gate for the tree's version is reported too);
 * ``hybrid``: the released and tiny hybrid configs of ``tests/test_hybrid_arith.py`` (its helpers ``_cfg``,
   ``_engine_config``, ``_vllm_specs``, ``_state_sizes``, reused), N and N/2, prefix caching off ("none") and on
   ("align"), CUDA (FlashAttention) and the tree's CpuPlatform: block size, Mamba padding, groups, ``num_blocks`` and
@@ -353,11 +353,13 @@ def child(tree: Path, out: Path) -> None:
             "modules_sha256": {m: hashlib.sha256((here / m).read_bytes()).hexdigest()
                                for m in MODULES if (here / m).is_file()}}
     rows: list = []
+    base = str(info["vllm_version"]).split("+")[0]
     for patch in PATCHES.values():
         found = source_sha256(patch.target)
+        declared = patch.target_sha256.get(base) or next(iter(patch.target_sha256.values()))
         rows.append({"check": "patch-hash", "patch": patch.name, "target": patch.target, "sha256": found,
-                     "declared_sha256": patch.target_sha256, "declared_versions": list(patch.vllm_versions),
-                     "same_source": found == patch.target_sha256, "ok": True})
+                     "declared_sha256": declared, "declared_versions": list(patch.vllm_versions),
+                     "same_source": found == declared, "ok": True})
     kept = _mamba2_rows(rows)
     _hybrid_rows(rows)
     _ssu_rows(rows, kept["ghost_kv"])  # last: it installs the patch in this process

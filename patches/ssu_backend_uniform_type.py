@@ -73,9 +73,11 @@ def install() -> None:
 
 PATCH = VllmPatch(
     name="ssu-backend-uniform-type",
-    vllm_versions=("0.32.0",),
     target=f"{TARGET_MODULE}:initialize_mamba_ssu_backend",
-    target_sha256="53ad3ae84c39a0eb529e9bd1af93e20aa5dd78dd3bfab0255c16bffebcfbba99",
+    # identical source (and the whole ssu_dispatch.py) in 0.32.0 and 0.33.0; 0.33.0 read from its wheel
+    # (benchmarks/vllm033_check.py: stock code still fails the per-layer group, the patched code initialises it)
+    target_sha256={"0.32.0": "53ad3ae84c39a0eb529e9bd1af93e20aa5dd78dd3bfab0255c16bffebcfbba99",
+                   "0.33.0": "53ad3ae84c39a0eb529e9bd1af93e20aa5dd78dd3bfab0255c16bffebcfbba99"},
     why="the Mamba state-update backend is never initialised when the Mamba layers share one per-layer-spec group",
     install=install,
     needed_for="a ghost checkpoint with per-layer state sizes",

@@ -155,7 +155,9 @@ def _vllm_specs(v, vc, cfg: dict, mode: str) -> dict:
     mamba = v.MambaSpec(shapes=tuple(model_cls.get_mamba_state_shape_from_config(vc)),
                         dtypes=model_cls.get_mamba_state_dtype_from_config(vc),
                         block_size=cache.block_size if mode == "align" else 4096,  # else max_model_len
-                        page_size_padded=cache.mamba_page_size_padded, mamba_cache_mode=mode)
+                        page_size_padded=cache.mamba_page_size_padded, mamba_cache_mode=mode,
+                        # what MambaMixer2.get_kv_cache_spec returns (0.32 and 0.33): one prefill-checkpoint block
+                        num_prefill_checkpoint_blocks=1, prefill_checkpoint_alignment=1)
     attention = v.FullAttentionSpec(block_size=cache.block_size, head_size=model.get_head_size(), dtype=model.dtype,
                                     num_kv_heads=model.get_num_kv_heads(vc.parallel_config))
     specs = {}

@@ -233,8 +233,12 @@ def test_serve_chooses_a_cpu_cache_size_and_checks_max_num_seqs():
     assert p.extra == [*small, "--max-num-seqs", "16"] and "--max-num-seqs 64 exceeds" in p.lines[0]
     p = plan_serve(MODEL_DIR, [*small, "--max-num-seqs=8"], True, 10 * GiB, env={})
     assert p.lines == []
-    # GPU, vLLM's default on an 80 GB H100 is 1024 (the vllm#49064 report)
-    p = plan_serve(MODEL_DIR, ["--kv-cache-memory-bytes", str(969 * 814_080)], False, 0, 80 * 10**9, "NVIDIA H100", env={})
+    # GPU, vLLM's default on an 80 GB H100 is 1024 (the vllm#49064 report): with full CUDA graphs vLLM would refuse
+    # after loading the weights, so an exact cache size makes it an error; --enforce-eager keeps it a note
+    gpu = ["--kv-cache-memory-bytes", str(969 * 814_080)]
+    with pytest.raises(Exception, match="default max_num_seqs 1024 exceeds the 969 Mamba cache blocks"):
+        plan_serve(MODEL_DIR, gpu, False, 0, 80 * 10**9, "NVIDIA H100", env={})
+    p = plan_serve(MODEL_DIR, [*gpu, "--enforce-eager"], False, 0, 80 * 10**9, "NVIDIA H100", env={})
     assert "default max_num_seqs 1024 exceeds the 969 Mamba cache blocks" in p.lines[0]
     with pytest.raises(Exception, match="holds no sequence"):
         plan_serve(MODEL_DIR, ["--dtype", "float32", "--kv-cache-memory-bytes", "3000000"], True, 10 * GiB, env={})

@@ -115,3 +115,25 @@ def test_per_rank_state_arithmetic_matches_the_planner():
         ours = state_size_of(cfg, state_sizes=[12, 4], dtype="float32", tensor_parallel_size=tp)
         theirs = block_math(MambaShape.from_config(cfg), [12, 4], "float32", "float32", tp)
         assert ours.bytes_per_sequence == theirs.bytes_per_sequence
+
+
+@pytest.mark.vllm
+def test_plain_vllm_serve_is_refused_in_the_front_end(tiny_dirs, tmp_path):
+    """vLLM's own console script: the plugin's config-map entry refuses the TP size while the config is built,
+    before any engine process starts (vLLM prints its traceback; the last line is ours)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ghost_vllm.reference import CALIBRATION_TEXT
+
+    pruned = tmp_path / "pruned"
+    assert cli(["prune", "--model", str(tiny_dirs / "g2"), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
+                "--seq-len", "32", "--out", str(pruned), "--no-progress"]) == 0
+    vllm = str(Path(sys.executable).parent / "vllm")
+    r = subprocess.run([vllm, "serve", str(pruned), "--tensor-parallel-size", "4", "--dtype", "float32",
+                        "--kv-cache-memory-bytes", "3000000"], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "RecipeError: --tensor-parallel-size 4: neither divides the model's n_groups 2" in out
+    assert "EngineCore" not in out and "Starting vLLM API server" not in out

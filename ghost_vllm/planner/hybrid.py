@@ -21,10 +21,11 @@ How vLLM 0.32 builds the cache of a hybrid model, step by step:
    one block id spans ``bytes_per_block = page · (layers in the largest group)`` and
    ``num_blocks = memory // bytes_per_block``; the block pool holds one back as its null block.
 5. **A sequence of T tokens** holds ``ceil(T / block_size)`` blocks in every attention group and, in every Mamba group,
-   one block with prefix caching off (``mamba_cache_mode`` "none", how ghost_vllm serves) or the two vLLM budgets
+   one block with prefix caching off (``mamba_cache_mode`` "none", how ghost_vllm serves) or the three vLLM budgets
    per request with prefix caching on ("align", vLLM 0.32's default for these models;
-   ``MambaSpec.max_memory_usage_bytes``). So
-   ``sequences = (num_blocks - 1) // (attention_groups · ceil(T/block_size) + mamba_groups · k)``, k = 1 or 2.
+   ``MambaSpec.max_memory_usage_bytes``: 2 + the one prefill-checkpoint block ``MambaMixer2.get_kv_cache_spec``
+   adds). So ``sequences = (num_blocks - 1) // (attention_groups · ceil(T/block_size) + mamba_groups · k)``,
+   k = 1 or 3.
 
 Two figures come out per sequence: the content (Mamba conv + SSM unpadded, attention K/V in whole blocks) and the
 vLLM-realistic footprint (blocks × bytes_per_block: padded Mamba pages and half-empty groups included).
@@ -44,7 +45,9 @@ __all__ = ["DTYPE_BYTES", "PlatformRules", "PLATFORMS", "HybridLayout", "HybridB
            "hybrid_layout", "hybrid_bytes", "sequences_in"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-MAMBA_CACHE_MODES = {"none": 1, "align": 2}  # Mamba blocks one request holds per Mamba group
+# Mamba blocks one request holds per Mamba group: align mode budgets 2 + MambaMixer2's one prefill-checkpoint block
+# (MambaSpec.max_memory_usage_bytes; vLLM 0.32 and 0.33)
+MAMBA_CACHE_MODES = {"none": 1, "align": 3}
 
 
 @dataclass(frozen=True)
