@@ -28,7 +28,8 @@ import torch
 from ghost_vllm import __version__
 from ghost_vllm.allocation import adaptive_state_sizes, allocate, candidate_sizes, cost_curves
 from ghost_vllm.calib import load_texts, make_windows
-from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
+from ghost_vllm.checkpoint import load_model, load_tokenizer
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
 from ghost_vllm.pipeline import prune_model
 from ghost_vllm.selection import kept_count
@@ -161,8 +162,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.real_shape:
-        from ghost_vllm.mamba.ssm_layout import mamba_ssm_config, save_random_mamba_ssm_checkpoint
-        from ghost_vllm.mamba.ssm_layout import convert_mamba_ssm_dir
+        from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config, save_random_mamba_ssm_checkpoint
+        from ghost_vllm.mamba.mamba_ssm_format import convert_mamba_ssm_dir
 
         work = Path("build/budgets") / args.real_shape
         if not (work / "hf" / "model.safetensors").exists():

@@ -21,7 +21,7 @@ OUT = Path(__file__).resolve().parent / "results"
 CHILD = r"""
 import json, sys, time
 from vllm import LLM, SamplingParams
-from ghost_vllm.bench.capacity import make_prompts
+from ghost_vllm.loadtest.capacity import make_prompts
 spec = json.loads(sys.argv[1])
 llm = LLM(model=spec["model"], dtype="float32", kv_cache_memory_bytes=spec["memory"], max_model_len=1024,
           enforce_eager=True, enable_prefix_caching=False, seed=0)
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    from ghost_vllm.checkpoint import resolve_model_path
+    from ghost_vllm.sources import resolve_model_path
 
     runs = []
     for rep in range(args.repeats):

@@ -7,7 +7,7 @@ scales)}, and the real vLLM engine for the state dtypes it accepts. Grid (``GRID
     python benchmarks/frontier.py --engine-only
 
 Simulation: every mixer runs our sequential float32 scan and stores its state in the format after every token
-(ghost_vllm/bench/state_formats.py) — what a decode-time state cache does; prefill kernels that keep the state in
+(ghost_vllm/loadtest/state_formats.py) — what a decode-time state cache does; prefill kernels that keep the state in
 float32 within a chunk would do better, so the narrow formats here are a pessimistic bound. The conv state stays
 float32. Perplexity: WikiText-2 raw test, the first --tokens tokens, seq 512; the dense float32 baseline runs through
 the same scan as the narrow formats; pruned float32 points use the model's own chunked forward (same math: logits
@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from ghost_vllm import __version__  # noqa: E402
 from ghost_vllm.allocation import adaptive_state_sizes  # noqa: E402
-from ghost_vllm.bench.state_formats import FORMATS, stored_state_mixers  # noqa: E402
+from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers  # noqa: E402
 from ghost_vllm.calib import load_texts, make_windows  # noqa: E402
-from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path  # noqa: E402
+from ghost_vllm.checkpoint import load_model, load_tokenizer  # noqa: E402
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text  # noqa: E402
 from ghost_vllm.pipeline import RefitSpec, prune_model  # noqa: E402
 from ghost_vllm.selection import kept_count  # noqa: E402

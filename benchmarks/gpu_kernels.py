@@ -160,7 +160,7 @@ def prune_on_device(work: Path, tokenizer: Path, device: str, name: str, nsample
     import torch
 
     from ghost_vllm.cli import main as cli
-    from ghost_vllm.mamba.ssm_layout import mamba_ssm_config, save_random_mamba_ssm_checkpoint
+    from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config, save_random_mamba_ssm_checkpoint
 
     src, out = work / f"{name}-random", work / f"{name}-ghost50"
     cfg = mamba_ssm_config(name if not cfg_overrides else None, **cfg_overrides)

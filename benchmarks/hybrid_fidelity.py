@@ -21,7 +21,8 @@ import torch
 
 from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
-from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path, source_hash
+from ghost_vllm.checkpoint import load_model, load_tokenizer, source_hash
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
 from ghost_vllm.families import family_for_config
 from ghost_vllm.pipeline import prune_model

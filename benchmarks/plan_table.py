@@ -4,7 +4,7 @@
 
     python benchmarks/plan_table.py        # → benchmarks/results/plan/plan_table.{json,md}
 
-Configs only (no weights): the bundled real shapes (ghost_vllm/mamba/ssm_layout.py).
+Configs only (no weights): the bundled real shapes (ghost_vllm/mamba/mamba_ssm_format.py).
 """
 
 from __future__ import annotations

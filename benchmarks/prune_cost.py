@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from ghost_vllm.mamba.ssm_layout import convert_mamba_ssm_dir, hf_config_from_mamba_ssm, mamba_ssm_config
-from ghost_vllm.mamba.ssm_layout import save_random_mamba_ssm_checkpoint
+from ghost_vllm.mamba.mamba_ssm_format import convert_mamba_ssm_dir, hf_config_from_mamba_ssm, mamba_ssm_config
+from ghost_vllm.mamba.mamba_ssm_format import save_random_mamba_ssm_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"

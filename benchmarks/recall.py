@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from ghost_vllm import __version__  # noqa: E402
 from ghost_vllm.allocation import adaptive_state_sizes  # noqa: E402
-from ghost_vllm.bench.state_formats import FORMATS, stored_state_mixers  # noqa: E402
+from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers  # noqa: E402
 from ghost_vllm.checkpoint import load_model  # noqa: E402
 from ghost_vllm.pipeline import RefitSpec, prune_model  # noqa: E402
 from ghost_vllm.recall import MODEL_DIR  # noqa: E402

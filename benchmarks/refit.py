@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
-from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
+from ghost_vllm.checkpoint import load_model, load_tokenizer
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
 from ghost_vllm.pipeline import RefitSpec, prune_model
 from ghost_vllm.reference import CALIBRATION_TEXT, VALIDATION_TEXT

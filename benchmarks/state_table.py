@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, mamba_ssm_config
+from ghost_vllm.mamba.mamba_ssm_format import REAL_CONFIGS, mamba_ssm_config
 
 OUT = Path(__file__).resolve().parent / "results"
 MEMORY = 80 * 10**9  # 80 GB of state memory

@@ -118,7 +118,7 @@ def _mamba2_rows(rows: list) -> dict:
     from vllm.v1.attention.backends.mamba2_attn import Mamba2AttentionBackend
     from vllm.v1.kv_cache_interface import MambaSpec, UniformTypeKVCacheSpecs
 
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, mamba_ssm_config
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, mamba_ssm_config
     from ghost_vllm.planner.arith import MambaShape, block_math, num_blocks
     from ghost_vllm.plugin.spec import GhostMambaSpec
     from ghost_vllm.reference import MODEL_DIR

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ghost_vllm.bench.server import VLLMServer  # noqa: E402
+from ghost_vllm.loadtest.server import VLLMServer  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "vllm_bench_serve"
 SERVER_ARGS = ["--dtype", "float32", "--max-model-len", "1024", "--kv-cache-memory-bytes", "26100000",

@@ -1,4 +1,4 @@
-"""Reading Mamba2 model directories (validated cheaply before any weight is loaded) and writing ghost checkpoints
+"""Reading model directories (once :mod:`ghost_vllm.sources` has resolved the name) (validated cheaply before any weight is loaded) and writing ghost checkpoints
 atomically (temporary directory beside the target, renamed at the end) with ``ghost.json`` provenance."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,13 +16,12 @@ import torch
 
 from ghost_vllm.errors import CheckpointError, ModelError, OutputError
 from ghost_vllm.mamba.budgets import config_state_sizes
+from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id
 from ghost_vllm.weights import safetensors_header
 
 __all__ = [
     "GHOST_ARCHITECTURE",
     "GHOST_FILE",
-    "TOKENIZER_FILES",
-    "resolve_model_path",
     "resolve_tokenizer_path",
     "read_config",
     "weight_shapes",
@@ -42,47 +40,6 @@ log = logging.getLogger(__name__)
 
 GHOST_ARCHITECTURE = "GhostMamba2ForCausalLM"
 GHOST_FILE = "ghost.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
-
-
-def resolve_model_path(path: str) -> Path:
-    if path in ("reference", "recall", "hybrid"):
-        from ghost_vllm import recall, reference
-
-        bundled = {"reference": reference.MODEL_DIR, "recall": recall.MODEL_DIR,
-                   "hybrid": reference.HYBRID_MODEL_DIR}[path]
-        if not (bundled / "config.json").is_file():
-            raise ModelError(f"the bundled {path} model is missing at {bundled}; reinstall ghost_vllm from a full clone")
-        return bundled
-    local = Path(path).expanduser()
-    if not _is_hub_id(path):
-        return local  # a local path (missing ones get "model directory not found" from the validators)
-    return _hub_snapshot(path)
-
-
-def _is_hub_id(path: str) -> bool:
-    """``org/name`` that is not a local path (nor under a local directory named ``org``)."""
-    return bool(_HUB_ID.fullmatch(path)) and not Path(path).expanduser().exists() and not Path(path.split("/")[0]).exists()
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_HUB_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES)
-
-
-def _hub_snapshot(repo_id: str, patterns: Sequence[str] = _HUB_PATTERNS, flag: str = "--model",
-                  what: str = "model directory") -> Path:
-    """A Hub id (``state-spaces/mamba2-130m``) that is not a local directory: the local Hugging Face cache's snapshot,
-    downloaded first unless ``HF_HUB_OFFLINE=1``. Only ``patterns`` are fetched (config, weights and tokenizer files
-    for a model; tokenizer files for a tokenizer)."""
-    from huggingface_hub import snapshot_download
-
-    log.info("%s is not a local path; resolving it as a Hugging Face Hub id", repo_id)
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
-    except Exception as e:  # offline and not cached, unknown repo, gated, network down
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{repo_id}: not a local path, and fetching it as a Hugging Face Hub id failed "
-                         f"({type(e).__name__}: {why}); pass a local {what} with {flag}") from None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -291,8 +248,8 @@ def _load_family_model(model_dir: Path, cfg: dict[str, Any], dtype: str, device:
 def resolve_tokenizer_path(override: str) -> Path:
     """``--tokenizer``/``model.tokenizer`` → a local tokenizer.json file or directory; a Hub id
     (``EleutherAI/gpt-neox-20b``) is resolved like a model id, tokenizer files only."""
-    if _is_hub_id(override):
-        return _hub_snapshot(override, TOKENIZER_FILES, "--tokenizer", "tokenizer.json or tokenizer directory")
+    if is_hub_id(override):
+        return hub_snapshot(override, TOKENIZER_FILES, "--tokenizer", "tokenizer.json or tokenizer directory")
     path = Path(override).expanduser()
     if not path.exists():
         raise ModelError(f"{override}: tokenizer not found; pass a tokenizer.json file, a directory holding one, or a "

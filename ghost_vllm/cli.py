@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ghost_vllm.commands.io import resolve_device
 from ghost_vllm.errors import GhostError
 
 __all__ = ["main", "build_parser"]
@@ -128,7 +129,8 @@ def _add_plan(sub) -> None:
     p = sub.add_parser("plan", help="concurrent sequences per state memory in vLLM, before an engine starts")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="checkpoint directory (dense or ghost), Hub id (config only), 'reference', or a bundled config: "
-                        "mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, mamba2-2.7b, Mamba-Codestral-7B")
+                        "mamba2-130m, mamba2-370m, mamba2-780m, mamba2-1.3b, mamba2-2.7b, Mamba-Codestral-7B; hybrids "
+                        "(Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2, 'hybrid') in exact mode")
     p.add_argument("--cache-memory", help="exact mode: vLLM's kv_cache_memory_bytes per GPU (e.g. 26100000, 4GiB)")
     p.add_argument("--gpu-memory", help="estimate mode: memory of one GPU (e.g. 80GiB, 80GB, 8e10)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="estimate mode: vLLM's fraction (0.9)")
@@ -138,7 +140,12 @@ def _add_plan(sub) -> None:
                                                    "vLLM does on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--mamba-ssm-cache-dtype", default="auto", help="SSM state: auto (= --dtype) | float32 | bfloat16 | float16")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--max-model-len", type=int, default=None, help="recorded; a Mamba2 state does not grow with context")
+    p.add_argument("--max-model-len", type=int, default=None, help="hybrids: tokens per sequence priced (default 4096; "
+                   "attention KV grows with it); recorded for pure Mamba2, whose state does not")
+    p.add_argument("--platform", choices=("cuda", "cpu"), default="cuda", help="hybrids: whose page alignment (vLLM "
+                   "on GPU or the CPU backend; default cuda)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="hybrids: price --no-enable-prefix-caching (one "
+                   "Mamba block per group; vLLM's default for hybrids is on: three)")
     p.add_argument("--sparsity", help="what-if for a dense model: comma-separated κ in [0, 1) (default 0,0.25,0.5,0.75)")
     p.add_argument("--multiple-of", type=int, default=1, help="what-ifs: round N' like 'prune --multiple-of' (default 1)")
     p.add_argument("--target-seqs", type=int, help="the least uniform sparsity whose memory holds N concurrent sequences")
@@ -170,16 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise GhostError("--device cuda: no CUDA device is visible; use --device cpu")
-    return name
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     from ghost_vllm.commands.prune import run_prune
     from ghost_vllm.recipe import load_recipe
@@ -195,61 +192,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "output.overwrite": args.overwrite,
     }
     recipe = load_recipe(args.recipe, overrides)
-    out = run_prune(recipe, device=_device(recipe.model.device), progress=not args.no_progress)
+    out = run_prune(recipe, device=resolve_device(recipe.model.device), progress=not args.no_progress)
     print(out.summary())
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
-    from ghost_vllm.evaluate import lambada_accuracy, perplexity
+    from ghost_vllm.commands.eval import run_eval
 
-    if not args.data and not args.lambada and not args.recall:
-        raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME, --lambada PATH and/or --recall")
-    if args.recall_sequences < 1:
-        raise GhostError(f"--recall-sequences {args.recall_sequences}: must be >= 1")
-    model_dir = resolve_model_path(args.model)
-    if args.recall:
-        from ghost_vllm.checkpoint import read_config
+    return run_eval(args)
 
-        vocab = int(read_config(model_dir).get("vocab_size", 0))
-        if vocab != 512:
-            raise GhostError(f"--recall: {model_dir} has vocab_size {vocab}; MQAR needs the recall model's 512 tokens "
-                             f"(evaluate 'recall' or a checkpoint pruned from it)")
-    tok = load_tokenizer(model_dir, args.tokenizer) if (args.data or args.lambada) else None
-    model = load_model(model_dir, args.dtype, _device(args.device))
-    report: dict = {"model": str(model_dir), "perplexity": [], "lambada": None, "recall": None}
-    for source in args.data:
-        r = perplexity(model, tok, source, seq_len=args.seq_len, batch_size=args.batch_size,
-                       max_tokens=args.max_tokens, progress=not args.no_progress)
-        report["perplexity"].append(r.to_dict())
-        print(f"{source}: seq_len {r.seq_len}, {r.tokens} tokens, {r.words} words | token ppl {r.token_ppl:.3f} | "
-              f"word ppl {r.word_ppl:.3f} | bits/byte {r.bits_per_byte:.4f}")
-    if args.lambada:
-        lr = lambada_accuracy(model, tok, args.lambada, limit=args.lambada_limit, progress=not args.no_progress)
-        report["lambada"] = lr.to_dict()
-        print(f"{args.lambada}: LAMBADA accuracy {lr.accuracy:.4f} ({lr.correct}/{lr.examples})")
-    if args.recall:
-        from ghost_vllm.recall.evaluate import model_predictor, recall_accuracy
 
-        rr = recall_accuracy(model_predictor(model), args.recall_sequences)
-        report["recall"] = rr.to_dict()
-        report["accuracy"] = rr.accuracy
-        print(f"MQAR recall: accuracy {rr.accuracy:.4f} over {rr.queries:,} queries ({args.recall_sequences} held-out "
-              f"sequences per level; chance {rr.chance:.4f})")
-        print("  pairs     " + "  ".join(f"{p:>6}" for p in rr.per_pairs))
-        print("  accuracy  " + "  ".join(f"{v:6.3f}" for v in rr.per_pairs.values()))
-        print("  distance  " + "  ".join(f"{k}: {v:.3f}" for k, v in rr.per_distance.items()))
-    if args.json:
-        from ghost_vllm.commands.io import write_json_atomic
+def cmd_slots(args: argparse.Namespace) -> int:
+    from ghost_vllm.commands.slots import run_slots
 
-        write_json_atomic(args.json, report)
-    return 0
+    return run_slots(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ghost_vllm.commands.bench import run_bench
+
+    return run_bench(args)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ghost_vllm.checkpoint import resolve_model_path
-    from ghost_vllm.inspect import format_inspection, inspect_checkpoint
+    from ghost_vllm.sources import resolve_model_path
+    from ghost_vllm.inspection import format_inspection, inspect_checkpoint
 
     info = inspect_checkpoint(resolve_model_path(args.model), dtype=args.dtype)
     print(json.dumps(info, indent=1) if args.json else format_inspection(info))
@@ -261,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise GhostError("compare: pass at least one --data PATH_OR_NAME")
-    rows = compare_models(args.models, args.data, args.seq_len, _device(args.device), args.max_tokens,
+    rows = compare_models(args.models, args.data, args.seq_len, resolve_device(args.device), args.max_tokens,
                           progress=not args.no_progress)
     print(format_comparison(rows))
     if args.json:
@@ -271,74 +239,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_slots(args: argparse.Namespace) -> int:
-    from ghost_vllm.checkpoint import resolve_model_path
-    from ghost_vllm.inspect import inspect_checkpoint
-    from ghost_vllm.plugin.offline import parse_bytes, probe_engine
-
-    memory = parse_bytes(args.state_memory)
-    rows = []
-    for i, name in enumerate(args.models):
-        model_dir = str(resolve_model_path(name))
-        prompts = args.prompt if i == len(args.models) - 1 else None
-        probe = probe_engine(model_dir, memory, prompts, args.max_tokens)
-        rows.append({"model": name, "bytes_per_sequence": inspect_checkpoint(Path(model_dir))["bytes_per_sequence"],
-                     "num_gpu_blocks": probe.num_gpu_blocks, "state_slots": probe.state_slots,
-                     "completions": dict(zip(prompts or [], probe.completions))})
-    base = rows[0]["state_slots"]
-    print(f"\nvLLM engines with {args.state_memory} of state memory each:")
-    print("| model | state B/seq | concurrent sequences (state slots) | vs first |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['bytes_per_sequence']:,} | {r['state_slots']:,} | {r['state_slots'] / base:.3f}× |")
-    for prompt, text in rows[-1]["completions"].items():
-        print(f"\n[{rows[-1]['model']}] {prompt!r} → {text!r}")
-    if args.json:
-        from ghost_vllm.commands.io import write_json_atomic
-
-        write_json_atomic(args.json, {"state_memory_bytes": memory, "rows": rows})
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench_command != "capacity":
-        raise GhostError("bench: choose a benchmark: ghost-vllm bench capacity --dense DIR --pruned DIR")
-    from ghost_vllm.bench.capacity import CapacitySpec, run_capacity
-    from ghost_vllm.bench.report import markdown_table, plot, prometheus_textfile
-    from ghost_vllm.checkpoint import resolve_model_path
-    from ghost_vllm.commands.io import write_json_atomic, write_text_atomic
-    from ghost_vllm.plugin.offline import parse_bytes
-
-    try:
-        levels = tuple(int(x) for x in args.concurrency.split(",") if x.strip())
-    except ValueError:
-        raise GhostError(f"--concurrency {args.concurrency!r}: use comma-separated integers such as 1,4,16,64") from None
-    if not levels or min(levels) < 1 or args.requests < 1 or args.repeats < 1:
-        raise GhostError("--concurrency, --requests and --repeats must be positive")
-    if args.rate is not None and args.rate <= 0:
-        raise GhostError(f"--rate {args.rate}: use a positive number of requests per second")
-    spec = CapacitySpec(
-        dense=str(resolve_model_path(args.dense)), pruned=str(resolve_model_path(args.pruned)),
-        state_memory_bytes=parse_bytes(args.state_memory), concurrency=levels, requests=args.requests,
-        prompt_len=args.prompt_len, max_tokens=args.max_tokens, rate=args.rate, repeats=args.repeats, seed=args.seed,
-        max_num_seqs=args.max_num_seqs, request_timeout_s=args.request_timeout, scrape_interval_s=args.scrape_interval,
-    )
-    result = run_capacity(spec, args.out, progress=not args.no_progress)
-    table = markdown_table(result)
-    write_json_atomic(args.out / "capacity.json", result)
-    write_text_atomic(args.out / "capacity.md", table)
-    plot(result, args.out)
-    if args.prometheus_textfile:
-        write_text_atomic(args.prometheus_textfile, prometheus_textfile(result))
-    print(table)
-    print(f"wrote {args.out}/capacity.json, capacity.md, throughput.png, latency_p99.png")
-    return 0
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     from ghost_vllm.commands.plan import dump_json, parse_sparsities, results_dir, run_plan
     from ghost_vllm.errors import RecipeError
     from ghost_vllm.planner.plan import PlanSettings
-    from ghost_vllm.planner.sizes import parse_size
+    from ghost_vllm.units import parse_size
 
     if args.multiple_of < 1:
         raise RecipeError(f"--multiple-of {args.multiple_of}: must be >= 1")
@@ -349,6 +254,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if args.overhead not in ("0", "0B") else 0, dtype=args.dtype, mamba_ssm_cache_dtype=args.mamba_ssm_cache_dtype,
         tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
         multiple_of=args.multiple_of, padded=args.stock_padding, results=results_dir(args.results),
+        platform=args.platform, prefix_caching=False if args.no_prefix_caching else None,
     )
     rows, text = run_plan(args.models, settings, parse_sparsities(args.sparsity), args.target_seqs)
     print(dump_json(rows) if args.json else text)

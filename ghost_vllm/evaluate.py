@@ -1,6 +1,6 @@
 """Perplexity (token, word, bits per byte) over a whole text, and LAMBADA last-word accuracy.
 
-Perplexity (DESIGN §6): the text is tokenized once and cut into non-overlapping windows of ``seq_len`` tokens; each
+Perplexity (the measuring rule of ``../shared/DESIGN.md`` §6): the text is tokenized once and cut into non-overlapping windows of ``seq_len`` tokens; each
 window starts from a fresh state with the EOS token prepended as context, so *every* token of the text is predicted
 exactly once and word perplexity / bits per byte refer to the whole text.
 """

@@ -89,7 +89,9 @@ class Recipe:
         """``output.dir``, or ``<model name>-<method><percent>`` in the working directory."""
         if self.output.dir:
             return Path(self.output.dir)
-        name = self.model.path if self.model.path in ("reference", "recall") else Path(self.model.path.rstrip("/")).name
+        from ghost_vllm.sources import BUNDLED_MODELS
+
+        name = self.model.path if self.model.path in BUNDLED_MODELS else Path(self.model.path.rstrip("/")).name
         s = self.selection
         if s.state_sizes is not None:
             return Path(f"{name}-{s.method}-layers")

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from ghost_vllm.units import DTYPE_BYTES
 
-__all__ = ["StateSize", "state_size_of", "DTYPE_BYTES"]
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+__all__ = ["StateSize", "state_size_of"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[int, Path]:
     """{n_groups: checkpoint dir} for n_groups 1 and 2 (state_size 16, 2 layers, fp32)."""
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
 
     out = {}
     for g in (1, 2):

@@ -6,7 +6,7 @@ import torch
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.norm import patch_group_norm
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
-from ghost_vllm.mamba.tiny import tiny_model
+from tests.helpers.tiny import tiny_model
 from ghost_vllm.scoring import SCORERS, LayerStats
 from ghost_vllm.stats.accumulators import StateChannelAccumulator
 

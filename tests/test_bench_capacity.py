@@ -21,7 +21,7 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     root = tmp_path_factory.mktemp("bench-models")
@@ -80,10 +80,10 @@ def _prom_query(port: int, query: str) -> list:
 
 
 def test_real_prometheus_scrapes_ghost_and_vllm_metrics(pair, tmp_path):
-    from ghost_vllm.bench.capacity import make_prompts
-    from ghost_vllm.bench.load import run_level
-    from ghost_vllm.bench.server import VLLMServer, free_port
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.loadtest.capacity import make_prompts
+    from ghost_vllm.loadtest.load import run_level
+    from ghost_vllm.loadtest.server import VLLMServer, free_port
+    from ghost_vllm.inspection import inspect_checkpoint
 
     binary = shutil.which("prometheus")
     if binary is None:

@@ -47,7 +47,7 @@ def test_cost_curves_remove_the_smallest_fisher_per_group():
 @pytest.fixture(scope="module")
 def deep_tiny(tmp_path_factory) -> Path:
     """4 layers, N = 16, n_groups 2."""
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("tiny-4l")
     save_tiny_checkpoint(d, seed=7, n_groups=2, num_hidden_layers=4)
@@ -70,7 +70,7 @@ def _zeroed_dense(dense_dir: Path, ghost: dict):
 
 def test_explicit_state_sizes_equal_the_zeroed_dense_model(deep_tiny, calib_text, tmp_path):
     from ghost_vllm.checkpoint import load_model
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
     from ghost_vllm.state import state_size_of
 
     out = tmp_path / "explicit"

@@ -31,7 +31,7 @@ def _greedy(model, prompt: list[int], n: int) -> list[int]:
 def _tiny_llama(path: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer(320)
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def _tiny_llama(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     root = tmp_path_factory.mktemp("budgets-vllm")
@@ -90,7 +90,7 @@ def test_non_uniform_greedy_equals_the_zeroed_dense_model(setup):
 
 
 def test_engine_allocates_exactly_the_per_layer_bytes(setup):
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     models, results = setup
     info = inspect_checkpoint(models["layers"])
@@ -104,7 +104,7 @@ def test_engine_allocates_exactly_the_per_layer_bytes(setup):
 
 def test_adaptive_reference_checkpoint_is_served(setup):
     from ghost_vllm.checkpoint import load_model
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     models, results = setup
     r = results["layers"][2]

@@ -7,7 +7,7 @@ import torch
 
 from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.errors import CalibrationError
-from ghost_vllm.mamba.tiny import tiny_tokenizer
+from tests.helpers.tiny import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

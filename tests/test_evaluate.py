@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ghost_vllm.evaluate import lambada_accuracy, perplexity_of_text
-from ghost_vllm.mamba.tiny import tiny_model, tiny_tokenizer
+from tests.helpers.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

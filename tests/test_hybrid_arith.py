@@ -19,7 +19,7 @@ import pytest
 
 from ghost_vllm.errors import ModelError, RecipeError
 from ghost_vllm.families import family_for_config
-from ghost_vllm.families.tiny import TINY_FAMILIES, tiny_hybrid_config
+from tests.helpers.tiny_hybrids import TINY_FAMILIES, tiny_hybrid_config
 from ghost_vllm.planner.hybrid import hybrid_bytes, hybrid_layout, sequences_in, ssm_cache_dtype
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ghost_vllm" / "families" / "configs"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ghost_vllm.families import family_for_config
-from ghost_vllm.families.tiny import TINY_FAMILIES, save_tiny_hybrid, tiny_hybrid_model
+from tests.helpers.tiny_hybrids import TINY_FAMILIES, save_tiny_hybrid, tiny_hybrid_model
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
 from ghost_vllm.stats.capture import capture_block_inputs, mixer_input, run_block
 from ghost_vllm.surgery import zero_channels
@@ -106,7 +106,7 @@ def test_hybrid_inspect_and_state_bytes(pruned):
     r = _cli("inspect", str(ghost_dir))
     assert r.returncode == 0, r.stderr
     assert "6 (3 with a Mamba2 mixer)" in r.stdout and "16 → 8" in r.stdout and "with attention" in r.stdout
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
     from ghost_vllm.planner.hybrid import hybrid_bytes
 
     rows = inspect_checkpoint(ghost_dir)["hybrid"]
@@ -187,7 +187,7 @@ def test_plugin_maps_each_ghost_hybrid_to_its_family_config_and_prices_it(pruned
     from vllm import ModelRegistry
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP, NemotronHForCausalLMConfig
 
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
     from ghost_vllm.plugin import ARCHITECTURES, register
     from ghost_vllm.plugin.metrics import state_bytes
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ghost_vllm.cli import main as cli
 from ghost_vllm.errors import ModelError
-from ghost_vllm.mamba.ssm_layout import (
+from ghost_vllm.mamba.mamba_ssm_format import (
     REAL_CONFIGS,
     convert_mamba_ssm_dir,
     hf_config_from_mamba_ssm,
@@ -111,7 +111,7 @@ def test_hybrid_and_unsupported_configs_are_refused():
 
 
 def test_prune_accepts_the_mamba_ssm_layout(tmp_path, capsys):
-    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     tok = tiny_tokenizer()

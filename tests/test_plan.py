@@ -13,7 +13,7 @@ import pytest
 from ghost_vllm.cli import main as cli
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.planner.arith import MambaShape, block_math
-from ghost_vllm.planner.sizes import parse_size
+from ghost_vllm.units import parse_size
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -69,7 +69,7 @@ def test_block_math_is_vllms(name, tp, dtypes):
     from vllm.model_executor.layers.mamba.mamba_utils import MambaStateDtypeCalculator, MambaStateShapeCalculator
     from vllm.v1.kv_cache_interface import MambaSpec
 
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, mamba_ssm_config
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, mamba_ssm_config
 
     if name.startswith("reference") or name.startswith("tiny"):
         cfg = {"num_hidden_layers": 3, "hidden_size": 64, "num_heads": 8, "head_dim": 16,
@@ -97,7 +97,7 @@ def test_weight_count_is_transformers(name):
     import torch
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, mamba_ssm_config
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, mamba_ssm_config
     from ghost_vllm.planner.models import weight_parameters
 
     if name.startswith("tiny"):
@@ -138,7 +138,7 @@ def test_json_rows_and_target_seqs_is_the_least_sparsity(capsys):
     (above,) = json.loads(out)
     assert above["state_size"] == n + 1 and above["concurrent_sequences"] < 4096
     # estimate mode: weights at bf16, vocab padded to 64 rows, and the 2 GiB allowance
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, mamba_ssm_config
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, mamba_ssm_config
     from ghost_vllm.planner.models import weight_parameters
 
     hf = hf_config_from_mamba_ssm(mamba_ssm_config("mamba2-2.7b"))
@@ -291,3 +291,28 @@ def test_recall_model_plan_shows_measured_recall_beside_capacity(capsys):
     assert rows["GHOST κ=0.6"]["quality"] is None
     rc, out, _ = _run(capsys, "plan", "recall", "--cache-memory", "64MiB", "--dtype", "float32", "--sparsity", "0.5")
     assert f"recall {ghost50['accuracy']:.3f}" in out and "pts" in out
+
+
+def test_plan_prices_hybrids_with_vllms_hybrid_pages(capsys):
+    """`ghost-vllm plan` takes a hybrid (the bundled Nemotron-H-shaped one): its rows are planner.hybrid's layout —
+    page alignment, groups, attention KV at --max-model-len — and it refuses what that arithmetic does not model."""
+    from ghost_vllm.cli import main as cli
+    from ghost_vllm.planner.hybrid import hybrid_bytes, sequences_in
+    from ghost_vllm.sources import bundled_model_dir
+
+    memory = 64 * 2**20
+    assert cli(["plan", "hybrid", "--cache-memory", "64MiB", "--max-model-len", "8192", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["state_size"] for r in rows] == [128, 96, 64, 32]
+    cfg = json.loads((bundled_model_dir("hybrid") / "config.json").read_text())
+    for r in rows:
+        per = hybrid_bytes(cfg, 8192, dtype="bfloat16", state_size=r["state_size"], mamba_cache_mode="align")
+        assert r["num_blocks"] == memory // per.layout.bytes_per_block
+        assert r["concurrent_sequences"] == sequences_in(memory, per)
+        assert r["blocks_per_sequence"] == per.blocks and r["context_tokens"] == 8192
+    assert rows[2]["concurrent_sequences"] > rows[0]["concurrent_sequences"]
+    for bad, msg in ((["--gpu-memory", "80GiB"], "exact mode only"),
+                     (["--cache-memory", "64MiB", "--tensor-parallel-size", "2"], "--tensor-parallel-size 1"),
+                     (["--cache-memory", "100KiB"], "holds no sequence of 4,096 tokens")):
+        assert cli(["plan", "hybrid", *bad]) == 2
+        assert msg in capsys.readouterr().err

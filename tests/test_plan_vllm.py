@@ -24,7 +24,7 @@ def _plan(capsys, model: str, memory: int, *extra: str) -> tuple[int, object]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT, MODEL_DIR
 
     root = tmp_path_factory.mktemp("plan-vllm")

@@ -15,14 +15,14 @@ from ghost_vllm.plugin.preflight import ServeChoices, flashinfer_ssu_problem, pr
 
 
 def _cfg(**kw) -> dict:
-    from ghost_vllm.mamba.tiny import tiny_config
+    from tests.helpers.tiny import tiny_config
 
     return {**tiny_config(**kw).to_dict(), "model_type": "mamba2"}
 
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("preflight")
     save_tiny_checkpoint(root / "g2", seed=1, n_groups=2)  # 8 heads × head_dim 8, state 16

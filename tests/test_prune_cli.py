@@ -125,7 +125,7 @@ def test_overwrite_replaces_existing_output(tiny_dirs, calib_text, tmp_path):
 
 
 def test_inspect_reports_exact_state_bytes(tiny_dirs, calib_text, tmp_path):
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     out = tmp_path / "p"
     assert _prune(tiny_dirs[2], out, calib_text, "--sparsity", "0.75") == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ghost_vllm.bench.server import VLLMServer
+from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.cli import main as cli
 
 pytestmark = pytest.mark.vllm
@@ -46,7 +46,7 @@ def workdir(tmp_path_factory):
 def test_readme_serve_command_runs_as_written(workdir, index, tmp_path):
     import openai
 
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     cmd = readme_serve_commands()[index]
     argv = shlex.split(cmd)

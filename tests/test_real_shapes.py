@@ -14,7 +14,7 @@ import torch
 
 from ghost_vllm.cli import main as cli
 from ghost_vllm.errors import ModelError
-from ghost_vllm.mamba.ssm_layout import (
+from ghost_vllm.mamba.mamba_ssm_format import (
     codestral_like_config,
     convert_mamba_ssm_dir,
     hf_config_from_mamba_ssm,
@@ -82,7 +82,7 @@ def _fake_hub_cache(cache: Path, repo_id: str, files: Path) -> Path:
 def test_hub_ids_resolve_from_the_local_cache_offline(tmp_path):
     """Model and tokenizer given as Hub ids come from the local HF cache (HF_HUB_OFFLINE=1: never the network);
     an uncached id, or a tokenizer path that does not exist, is one error line and writes nothing."""
-    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     tok_dir = tmp_path / "tok"
@@ -175,7 +175,7 @@ def test_bf16_checkpoint_is_scored_in_float_and_written_in_bf16(tmp_path):
     the fp32 run's up to bf16 activations; the output keeps bf16 and ghost.json sizes the state at 2 B/element."""
     from safetensors import safe_open
 
-    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     tok = tmp_path / "tok"

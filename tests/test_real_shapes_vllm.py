@@ -22,7 +22,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from ghost_vllm.mamba.ssm_layout import (
+    from ghost_vllm.mamba.mamba_ssm_format import (
         codestral_like_config,
         convert_mamba_ssm_dir,
         mamba_ssm_config,
@@ -65,7 +65,7 @@ def test_130m_cache_blocks_follow_the_inspected_bytes(served, models):
 
     from vllm.model_executor.layers.mamba.mamba_utils import MambaStateShapeCalculator
 
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     info = inspect_checkpoint(models["ghost50-130m"])
     assert (info["layers"], info["state_size"], info["state_size_original"]) == (24, 64, 128)

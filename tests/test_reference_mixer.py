@@ -6,7 +6,7 @@ import torch
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.norm import patch_group_norm
 from ghost_vllm.mamba.reference import mixer_forward
-from ghost_vllm.mamba.tiny import tiny_model
+from tests.helpers.tiny import tiny_model
 
 
 @pytest.mark.parametrize("n_groups", [1, 2])

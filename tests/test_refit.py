@@ -64,7 +64,7 @@ def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
     (a) ``local``: the mixer output vs the dense layer's on the same inputs; (b) ``global``: the block output vs the
     dense network's activation at that depth — each for the refit layer and for the same pruned layer with its dense
     out_proj (un-refit)."""
-    from ghost_vllm.mamba.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
     from ghost_vllm.pipeline import RefitSpec, prune_model
 
     dense = tiny_model(seed=5, n_groups=n_groups, num_hidden_layers=3)
@@ -94,7 +94,7 @@ def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
 
 
 def test_refit_at_zero_sparsity_is_the_identity():
-    from ghost_vllm.mamba.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
     from ghost_vllm.pipeline import RefitSpec, prune_model
 
     dense = tiny_model(seed=6, n_groups=2, num_hidden_layers=2)
@@ -107,7 +107,7 @@ def test_refit_at_zero_sparsity_is_the_identity():
 
 @pytest.fixture(scope="module")
 def refit_checkpoint(tmp_path_factory):
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     root = tmp_path_factory.mktemp("refit")

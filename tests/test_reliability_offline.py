@@ -171,7 +171,7 @@ def test_full_disk_during_write_leaves_nothing(tiny_dirs, calib_text, tmp_path):
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory) -> Path:
     """Reference-shaped random model: pruning takes seconds, so kills land mid-calibration and mid-write."""
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
 
     d = tmp_path_factory.mktemp("slow") / "model"
     save_tiny_checkpoint(d, seed=5, hidden_size=256, num_hidden_layers=6, state_size=128, head_dim=64, chunk_size=64)

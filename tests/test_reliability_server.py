@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ghost_vllm.bench.promtext import metric_sum, parse_metrics
-from ghost_vllm.bench.server import VLLMServer
+from ghost_vllm.loadtest.promtext import metric_sum, parse_metrics
+from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.cli import main as cli
 from tests.reliability_counts import record
 
@@ -70,8 +70,8 @@ async def _overload(base_url: str, prompts: list[list[int]], n_complete: int, n_
 
 
 def test_overload_with_disconnects_loses_nothing(pruned_reference, tmp_path):
-    from ghost_vllm.bench.capacity import make_prompts
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.loadtest.capacity import make_prompts
+    from ghost_vllm.inspection import inspect_checkpoint
 
     per_seq = inspect_checkpoint(pruned_reference)["bytes_per_sequence"]
     slots = 4

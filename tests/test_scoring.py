@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ghost_vllm.mamba.tiny import tiny_model
+from tests.helpers.tiny import tiny_model
 from ghost_vllm.pipeline import prune_model, taylor_mask_grads
 from ghost_vllm.selection import kept_count, select_channels
 from ghost_vllm.stats.capture import masked_mixers

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, hf_config_from_mamba_ssm, mamba_ssm_config
+from ghost_vllm.mamba.mamba_ssm_format import REAL_CONFIGS, hf_config_from_mamba_ssm, mamba_ssm_config
 from ghost_vllm.state import state_size_of
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ghost_vllm.bench.state_formats import FORMATS, stored_state_mixers
+from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers
 from ghost_vllm.mamba.reference import ssm_scan
 
 
@@ -45,7 +45,7 @@ def test_store_hook_runs_after_the_output_reads_the_state():
 
 
 def test_float32_storage_is_transformers_forward():
-    from ghost_vllm.mamba.tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
 
     model = tiny_model(seed=4, n_groups=1, num_hidden_layers=2)
     ids = torch.randint(2, 96, (2, 40), generator=torch.Generator().manual_seed(2))

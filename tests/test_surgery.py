@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ghost_vllm.mamba.layout import InProjLayout
-from ghost_vllm.mamba.tiny import tiny_model
+from tests.helpers.tiny import tiny_model
 from ghost_vllm.selection import kept_count, select_channels
 from ghost_vllm.surgery import prune_mixer, zero_channels
 

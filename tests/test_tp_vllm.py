@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ghost_vllm.bench.server import VLLMServer
+from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.cli import main as cli
 from tests.test_vllm_engine import LONG, SHORT, run_jobs
 from tests.test_vllm_server import _samples
@@ -52,7 +52,7 @@ def _served(model, name: str, tmp, launcher: str, env: dict | None = None) -> di
 
 @pytest.fixture(scope="module")
 def tp(tmp_path_factory):
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     root = tmp_path_factory.mktemp("tp")

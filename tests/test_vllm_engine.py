@@ -36,7 +36,7 @@ def run_jobs(jobs: list[dict], tmp: Path, env: dict | None = None, timeout: int 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     root = tmp_path_factory.mktemp("vllm-models")
@@ -107,7 +107,7 @@ def test_vllm_greedy_equals_transformers(engine_results, models, name):
 
 
 def test_capacity_ratio_equals_byte_ratio(engine_results, models):
-    from ghost_vllm.inspect import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
 
     dense, pruned = engine_results["dense-g1"], engine_results["ghost50-g1"]
     info = inspect_checkpoint(models["ghost50-g1"])

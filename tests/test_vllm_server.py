@@ -8,7 +8,7 @@ import re
 import pytest
 
 from ghost_vllm.cli import main as cli
-from ghost_vllm.bench.server import VLLMServer
+from ghost_vllm.loadtest.server import VLLMServer
 
 pytestmark = pytest.mark.vllm
 
@@ -26,8 +26,8 @@ def _samples(text: str, name: str) -> dict[str, float]:
 def test_openai_client_and_ghost_metrics(tmp_path):
     import openai
 
-    from ghost_vllm.inspect import inspect_checkpoint
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     dense, pruned = tmp_path / "dense", tmp_path / "ghost50"
@@ -78,8 +78,8 @@ def test_vllm_serve_console_script_with_a_per_layer_checkpoint(tmp_path):
     per-sequence bytes (Σ_l bytes_l) and the exact slot count."""
     import openai
 
-    from ghost_vllm.inspect import inspect_checkpoint
-    from ghost_vllm.mamba.tiny import save_tiny_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint
+    from tests.helpers.tiny import save_tiny_checkpoint
     from ghost_vllm.reference import CALIBRATION_TEXT
 
     dense, pruned = tmp_path / "dense", tmp_path / "layers"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ghost_vllm.checkpoint import load_model, load_tokenizer, resolve_model_path
+from ghost_vllm.checkpoint import load_model, load_tokenizer
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity
-from ghost_vllm.inspect import inspect_checkpoint
+from ghost_vllm.inspection import inspect_checkpoint
 
 __all__ = ["compare_models", "format_comparison"]
 

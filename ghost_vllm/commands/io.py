@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_text_atomic", "write_json_atomic"]
+from ghost_vllm.errors import GhostError
+
+__all__ = ["write_text_atomic", "write_json_atomic", "resolve_device"]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -27,3 +29,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def resolve_device(name: str) -> str:
+    """``--device`` auto | cpu | cuda → the device to use (one line when CUDA is asked for and absent)."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GhostError("--device cuda: no CUDA device is visible; use --device cpu")
+    return name

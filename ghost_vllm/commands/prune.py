@@ -13,20 +13,20 @@ from ghost_vllm import __version__
 from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.calib.sources import TOKEN_SOURCES
 from ghost_vllm.calib.windows import generated_windows
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.checkpoint import (
     check_output_location,
     model_family,
     load_model,
     read_config,
     load_tokenizer,
-    resolve_model_path,
     resolve_tokenizer_path,
     source_hash,
     validate_model_dir,
     write_checkpoint,
 )
 from ghost_vllm.errors import CalibrationError, ModelError, OutputError, RecipeError
-from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
+from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, is_mamba_ssm_dir, load_mamba_ssm_model
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.pipeline import PruneReport, RefitSpec, prune_model
 from ghost_vllm.recipe import Recipe

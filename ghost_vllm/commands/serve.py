@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ghost_vllm.checkpoint import GHOST_FILE, resolve_model_path
+from ghost_vllm.checkpoint import GHOST_FILE
+from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.errors import GhostError, RecipeError
 
 __all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value", "int_flag", "set_flag",
@@ -119,11 +120,11 @@ def _vllm_default_max_num_seqs(on_cpu: bool, device_memory: int, device_name: st
 def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory: int = 0, device_memory: int = 0,
                device_name: str = "", env: Optional[dict] = None) -> ServePlan:
     """The arguments to start vLLM with and the one-line notes, from the model's config and the user's flags."""
-    from ghost_vllm.planner.arith import DTYPE_BYTES, MambaShape, block_math
+    from ghost_vllm.planner.arith import MambaShape, block_math
     from ghost_vllm.planner.cpu_cache import default_cpu_cache_bytes
     from ghost_vllm.planner.models import resolve_plan_model
     from ghost_vllm.planner.plan import VLLM_PAD_VOCAB, DEFAULT_OVERHEAD
-    from ghost_vllm.planner.sizes import format_size, parse_size
+    from ghost_vllm.units import DTYPE_BYTES, format_size, parse_size
 
     env = os.environ if env is None else env
     extra = list(extra)

@@ -57,7 +57,10 @@ class Family(ABC):
     hf_architectures: ClassVar[tuple[str, ...]]  # the family's own architecture names
     ghost_architecture: ClassVar[str]  # what a ghost checkpoint's config.json says; the plugin registers it
     vllm_model: ClassVar[str]  # "module:Class" of the stock vLLM model the ghost class subclasses
-    vllm_config_key: ClassVar[Optional[str]] = None  # the family's MODELS_CONFIG_MAP entry to copy, if it has one
+    # the plugin's classes for the ghost architecture, lazy "module:Class" strings (registered in every vLLM process):
+    # the model, and its MODELS_CONFIG_MAP entry (validates the checkpoint in the front-end process)
+    ghost_vllm_model: ClassVar[str]
+    ghost_vllm_config: ClassVar[str] = "ghost_vllm.plugin.configs:GhostHybridConfig"
     state_key: ClassVar[str]  # the config key holding d_state
     kind_keys: ClassVar[tuple[str, ...]] = ()  # config keys listing each layer's kind (see :func:`layer_kinds`)
     pattern_key: ClassVar[Optional[str]] = None  # or a pattern string of M / * / - / E

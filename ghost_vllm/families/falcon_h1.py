@@ -18,6 +18,7 @@ class FalconH1Family(Family):
     hf_architectures = ("FalconH1ForCausalLM",)
     ghost_architecture = "GhostFalconH1ForCausalLM"
     vllm_model = "vllm.model_executor.models.falcon_h1:FalconH1ForCausalLM"
+    ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostFalconH1ForCausalLM"
     state_key = "mamba_d_state"
 
     def layout(self, cfg) -> InProjLayout:

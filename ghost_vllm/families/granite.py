@@ -18,6 +18,7 @@ class GraniteHybridFamily(Family):
     hf_architectures = ("GraniteMoeHybridForCausalLM",)
     ghost_architecture = "GhostGraniteMoeHybridForCausalLM"
     vllm_model = "vllm.model_executor.models.granitemoehybrid:GraniteMoeHybridForCausalLM"
+    ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostGraniteMoeHybridForCausalLM"
     state_key = "mamba_d_state"
     kind_keys = ("layer_types", "layers_block_type")
 

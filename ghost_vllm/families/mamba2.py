@@ -17,7 +17,8 @@ class Mamba2Family(Family):
     hf_architectures = ("Mamba2ForCausalLM",)
     ghost_architecture = "GhostMamba2ForCausalLM"
     vllm_model = "vllm.model_executor.models.mamba2:Mamba2ForCausalLM"
-    vllm_config_key = "Mamba2ForCausalLM"
+    ghost_vllm_model = "ghost_vllm.plugin.model:GhostMamba2ForCausalLM"
+    ghost_vllm_config = "ghost_vllm.plugin.model:GhostMambaModelConfig"
     state_key = "state_size"
     per_layer_budgets = True
     supports_backward_scoring = True

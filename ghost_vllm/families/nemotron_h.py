@@ -18,7 +18,8 @@ class NemotronHFamily(Family):
     hf_architectures = ("NemotronHForCausalLM",)
     ghost_architecture = "GhostNemotronHForCausalLM"
     vllm_model = "vllm.model_executor.models.nemotron_h:NemotronHForCausalLM"
-    vllm_config_key = "NemotronHForCausalLM"
+    ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostNemotronHForCausalLM"
+    ghost_vllm_config = "ghost_vllm.plugin.configs:GhostNemotronHConfig"  # keeps vLLM's float32 SSM state
     state_key = "ssm_state_size"
     kind_keys = ("layers_block_type", "layer_types")
     pattern_key = "hybrid_override_pattern"

@@ -18,6 +18,7 @@ class Zamba2Family(Family):
     hf_architectures = ("Zamba2ForCausalLM",)
     ghost_architecture = "GhostZamba2ForCausalLM"
     vllm_model = "vllm.model_executor.models.zamba2:Zamba2ForCausalLM"
+    ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostZamba2ForCausalLM"
     state_key = "mamba_d_state"
 
     def layout(self, cfg) -> InProjLayout:

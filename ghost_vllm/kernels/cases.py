@@ -3,7 +3,7 @@
 Sources, read from the repository (nothing restated here):
 
 * model shapes: the bundled reference and hybrid models' configs, the released Mamba2 sizes and Codestral
-  (:data:`ghost_vllm.mamba.ssm_layout.REAL_CONFIGS`, ``CODESTRAL_7B``) and the released hybrid configs
+  (:data:`ghost_vllm.mamba.mamba_ssm_format.REAL_CONFIGS`, ``CODESTRAL_7B``) and the released hybrid configs
   (``ghost_vllm/families/configs/*.json``), each through its family's layout;
 * state sizes: the shipped recipes' uniform N' (``configs/*.yaml``: :func:`~ghost_vllm.selection.kept_count`), the
   sweep's uniform cuts (κ 0.25 … 0.875), the per-layer sizes the adaptive allocator chose for the reference model
@@ -54,7 +54,7 @@ def _shape(name: str, cfg: dict) -> ModelShape:
 
 def product_shapes() -> list[ModelShape]:
     from ghost_vllm import reference
-    from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS, hf_config_from_mamba_ssm, mamba_ssm_config
+    from ghost_vllm.mamba.mamba_ssm_format import REAL_CONFIGS, hf_config_from_mamba_ssm, mamba_ssm_config
 
     shapes = [_shape("reference", json.loads((reference.MODEL_DIR / "config.json").read_text())),
               _shape("hybrid", json.loads((reference.HYBRID_MODEL_DIR / "config.json").read_text()))]

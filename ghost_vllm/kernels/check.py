@@ -129,7 +129,7 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
              reference_state_size: Optional[int] = None) -> CaseResult:
     """Run the four kernels on random inputs of ``case``'s shape and compare them with the reference."""
     g = torch.Generator().manual_seed(seed)
-    H, P, G, N, K = case.num_heads, case.head_dim, case.n_groups, case.state_size, case.conv_kernel
+    H, P, N, K = case.num_heads, case.head_dim, case.state_size, case.conv_kernel
     dim, b, T = case.conv_dim, len(case.seqlens), sum(case.seqlens)
     n_ref = N if reference_state_size is None else reference_state_size
     f32 = dict(dtype=torch.float32)

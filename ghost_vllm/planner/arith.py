@@ -21,10 +21,10 @@ from typing import Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import extra_groups
+from ghost_vllm.units import DTYPE_BYTES
 
-__all__ = ["DTYPE_BYTES", "MambaShape", "BlockMath", "block_math", "num_blocks"]
+__all__ = ["MambaShape", "BlockMath", "block_math", "num_blocks"]
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)

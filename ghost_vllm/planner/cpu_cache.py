@@ -18,7 +18,8 @@ def default_cpu_cache_bytes(available: int) -> int:
 def capacity_line(config: dict[str, Any], dtype: str, ssm_dtype: str, cache_memory: int, tp: int = 1) -> Optional[str]:
     """"holds N concurrent sequences of this model (B B/sequence)" for a Mamba2/ghost config, else None."""
     from ghost_vllm.errors import GhostError
-    from ghost_vllm.planner.arith import DTYPE_BYTES, MambaShape, block_math
+    from ghost_vllm.planner.arith import MambaShape, block_math
+    from ghost_vllm.units import DTYPE_BYTES
     from ghost_vllm.planner.models import plan_model_from_config
 
     try:

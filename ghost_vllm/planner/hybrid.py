@@ -40,11 +40,11 @@ from typing import Any, Optional
 
 from ghost_vllm.errors import ModelError, RecipeError
 from ghost_vllm.families import family_for_config
+from ghost_vllm.units import DTYPE_BYTES
 
-__all__ = ["DTYPE_BYTES", "PlatformRules", "PLATFORMS", "HybridLayout", "HybridBytes", "ssm_cache_dtype",
+__all__ = ["PlatformRules", "PLATFORMS", "HybridLayout", "HybridBytes", "ssm_cache_dtype",
            "hybrid_layout", "hybrid_bytes", "sequences_in"]
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Mamba blocks one request holds per Mamba group: align mode budgets 2 + MambaMixer2's one prefill-checkpoint block
 # (MambaSpec.max_memory_usage_bytes; vLLM 0.32 and 0.33)
 MAMBA_CACHE_MODES = {"none": 1, "align": 3}

@@ -29,6 +29,7 @@ class PlanModel:
     allocation: Optional[str]  # ghost checkpoints: uniform | adaptive | explicit
     origin: Optional[str]  # 'reference' / 'recall': a bundled model or pruned from it (measured quality may exist)
     refit: bool = False  # ghost checkpoints: out_proj re-solved after truncation
+    hybrid: bool = False  # attention + Mamba layers (Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2): vLLM's hybrid pages
 
     @property
     def pruned(self) -> bool:
@@ -40,15 +41,15 @@ class PlanModel:
 
 
 def bundled_names() -> list[str]:
-    from ghost_vllm.mamba.ssm_layout import REAL_CONFIGS
+    from ghost_vllm.mamba.mamba_ssm_format import REAL_CONFIGS
 
     return [*REAL_CONFIGS, "Mamba-Codestral-7B"]
 
 
 def _bundled() -> dict[str, Path]:
-    from ghost_vllm import recall, reference
+    from ghost_vllm.sources import BUNDLED_MODELS, bundled_model_dir
 
-    return {"reference": reference.MODEL_DIR, "recall": recall.MODEL_DIR}
+    return {name: bundled_model_dir(name) for name in BUNDLED_MODELS}
 
 
 def _origin(path: Path, ghost: Optional[dict[str, Any]]) -> Optional[str]:
@@ -68,16 +69,19 @@ def _origin(path: Path, ghost: Optional[dict[str, Any]]) -> Optional[str]:
 
 def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], origin: Optional[str]) -> PlanModel:
     from ghost_vllm.mamba.budgets import config_state_sizes
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm
 
     if "d_model" in cfg and "n_layer" in cfg:  # mamba_ssm layout
         cfg = {**hf_config_from_mamba_ssm(cfg), "architectures": ["Mamba2ForCausalLM"]}
     archs = cfg.get("architectures") or []
+    hybrid = _hybrid_model(name, cfg, ghost, origin)
+    if hybrid is not None:
+        return hybrid
     if cfg.get("model_type") not in (None, "mamba2") or (archs and not set(archs) & _MAMBA2_ARCHS):
         what = archs[0] if archs else cfg.get("model_type")
-        raise ModelError(f"{name}: architecture {what} is not a pure Mamba2 model; ghost-vllm plan covers "
-                         f"Mamba2ForCausalLM and its ghost checkpoints; for a hybrid, 'ghost-vllm inspect DIR' prices the Mamba state "
-                         f"and attention KV per context with vLLM's page alignment (ghost_vllm.planner.hybrid)")
+        from ghost_vllm.families import supported_summary
+
+        raise ModelError(f"{name}: architecture {what} is not one ghost-vllm plan covers; it covers {supported_summary()}")
     missing = [k for k in ("num_hidden_layers", "hidden_size", "num_heads", "head_dim", "n_groups", "state_size")
                if k not in cfg]
     if missing:
@@ -92,14 +96,34 @@ def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]]
     return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, origin)
 
 
+def _hybrid_model(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]],
+                  origin: Optional[str]) -> Optional[PlanModel]:
+    """A PlanModel for a hybrid family's config (attention and Mamba layers), else None."""
+    from ghost_vllm.families import family_for_config
+
+    try:
+        family = family_for_config(cfg, f"{name}/config.json")
+    except ModelError:
+        return None
+    if not family.attention_layers(cfg):
+        return None
+    sizes = tuple(family.state_sizes(cfg, f"{name}/config.json"))
+    if ghost is not None:
+        return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", sizes[0])),
+                         str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), origin,
+                         bool(ghost.get("refit")), hybrid=True)
+    return PlanModel(name, cfg, sizes, family.state_size(cfg), None, None, origin, hybrid=True)
+
+
 def plan_model_from_config(name: str, cfg: dict[str, Any]) -> PlanModel:
     """A model from its config dict alone (a running engine's ``hf_config.to_dict()``); ModelError if not Mamba2."""
     return _from_config(name, cfg, None, None)
 
 
 def resolve_plan_model(name: str) -> PlanModel:
-    from ghost_vllm.checkpoint import GHOST_FILE, _hub_snapshot, _is_hub_id, read_config, read_ghost_json
-    from ghost_vllm.mamba.ssm_layout import mamba_ssm_config
+    from ghost_vllm.checkpoint import GHOST_FILE, read_config, read_ghost_json
+    from ghost_vllm.sources import hub_snapshot, is_hub_id
+    from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config
 
     if name in bundled_names():
         return _from_config(name, mamba_ssm_config(name), None, None)
@@ -110,8 +134,8 @@ def resolve_plan_model(name: str) -> PlanModel:
         cfg = read_config(path)
         ghost = read_ghost_json(path) if (path / GHOST_FILE).is_file() else None
         return _from_config(name, cfg, ghost, _origin(path, ghost))
-    if _is_hub_id(name):
-        snap = _hub_snapshot(name, patterns=("config.json",), flag="MODEL", what="model directory or bundled name")
+    if is_hub_id(name):
+        snap = hub_snapshot(name, patterns=("config.json",), flag="MODEL", what="model directory or bundled name")
         try:
             cfg = json.loads((snap / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:

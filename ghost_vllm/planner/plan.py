@@ -9,6 +9,11 @@ Two modes:
   ``overhead`` allowance for everything vLLM's profiling run measures on the GPU (peak activations of a
   ``max_num_batched_tokens`` forward pass, CUDA graphs, the CUDA context and NCCL buffers) — an assumption, stated in
   every report; exact mode needs none.
+
+Hybrids (a family with attention layers) are priced with :mod:`ghost_vllm.planner.hybrid` — vLLM's page alignment,
+KV-cache groups and the attention KV of a sequence of ``max_model_len`` tokens (default
+:data:`DEFAULT_HYBRID_CONTEXT`) on ``platform``, prefix caching on (vLLM's default for hybrids) unless turned off —
+in exact mode at TP 1 (what :mod:`~ghost_vllm.planner.hybrid` models and tests against engines).
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.planner.arith import DTYPE_BYTES, MambaShape, block_math
+from ghost_vllm.planner.arith import MambaShape, block_math
 from ghost_vllm.planner.models import PlanModel, weight_parameters
 from ghost_vllm.planner.quality import measured_quality
-from ghost_vllm.planner.sizes import format_size
+from ghost_vllm.units import DTYPE_BYTES, format_size
 
 __all__ = ["PlanSettings", "PlanRow", "plan_variants", "plan_target", "format_plan", "check_holds_a_sequence", "DEFAULT_OVERHEAD",
            "VLLM_PAD_VOCAB"]
 
 DEFAULT_OVERHEAD = 2 * 2**30  # estimate mode: activations + CUDA graphs + context, per GPU (see module doc)
+DEFAULT_HYBRID_CONTEXT = 4096  # hybrids: tokens per sequence when --max-model-len is not given
 VLLM_PAD_VOCAB = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE for embeddings and the LM head
 
 
@@ -43,6 +49,8 @@ class PlanSettings:
     multiple_of: int = 1  # what-if variants: N' rounded as `ghost-vllm prune --multiple-of` does
     padded: bool = False  # price stock vLLM (pages padded to the largest) instead of the plugin's exact pages
     results: Optional[Path] = None  # benchmarks/results for measured quality
+    platform: str = "cuda"  # hybrids: whose block-size alignment (cuda | cpu)
+    prefix_caching: Optional[bool] = None  # hybrids: None = vLLM's default (on); on = "align" Mamba cache mode
 
     def __post_init__(self) -> None:
         if (self.cache_memory is None) == (self.gpu_memory is None):
@@ -58,6 +66,10 @@ class PlanSettings:
             raise RecipeError(f"--tensor-parallel-size {self.tensor_parallel_size}: must be >= 1")
         if self.overhead < 0:
             raise RecipeError(f"--overhead {self.overhead}: must be >= 0")
+        if self.platform not in ("cuda", "cpu"):
+            raise RecipeError(f"--platform {self.platform!r}: use cuda or cpu")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise RecipeError(f"--max-model-len {self.max_model_len}: must be >= 1")
 
     @property
     def mode(self) -> str:
@@ -99,8 +111,12 @@ class PlanRow:
     def state_size(self) -> int:
         return max(self.state_sizes)
 
+    context_tokens: Optional[int] = None  # hybrids: the sequence length priced (attention KV grows with it)
+    blocks_per_sequence: Optional[int] = None  # hybrids: block ids one such sequence holds
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"state_size": self.state_size}
+        d = asdict(self) | {"state_size": self.state_size}
+        return {k: v for k, v in d.items() if v is not None or k not in ("context_tokens", "blocks_per_sequence")}
 
 
 def _cache_memory(model: PlanModel, sizes: Sequence[int], s: PlanSettings) -> tuple[int, Optional[int]]:
@@ -111,7 +127,40 @@ def _cache_memory(model: PlanModel, sizes: Sequence[int], s: PlanSettings) -> tu
     return int(s.gpu_memory * s.gpu_memory_utilization) - weights - s.overhead, weights
 
 
+def _hybrid_row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
+    from ghost_vllm.planner.hybrid import hybrid_bytes, sequences_in
+
+    if s.mode != "exact":
+        raise RecipeError(f"{model.name}: a hybrid is planned in exact mode only; give --cache-memory BYTES (vLLM's "
+                          f"kv_cache_memory_bytes; the estimate mode counts pure Mamba2 weights)")
+    if s.tensor_parallel_size != 1:
+        raise RecipeError(f"{model.name}: hybrid page alignment is modelled at --tensor-parallel-size 1; plan one "
+                          f"rank's memory at TP 1 or use a pure Mamba2 model")
+    if s.padded:
+        raise RecipeError("--stock-padding: prices per-layer pure Mamba2 checkpoints; a hybrid has one state size")
+    context = s.max_model_len or DEFAULT_HYBRID_CONTEXT
+    mode = "none" if s.prefix_caching is False else "align"
+    per = hybrid_bytes(model.config, context, dtype=s.model_dtype(model), ssm_dtype=s.mamba_ssm_cache_dtype,
+                       state_size=int(sizes[0]), platform=s.platform, mamba_cache_mode=mode)
+    lay = per.layout
+    blocks = lay.num_blocks(s.cache_memory)
+    note = (f"hybrid: {lay.attention_layers} attention + {lay.mamba_layers} Mamba layers, block {lay.block_size} "
+            f"tokens ({s.platform}), prefix caching {'on' if mode == 'align' else 'off'}; a {context:,}-token sequence "
+            f"holds {per.blocks} blocks ({lay.attention_groups} attention group(s) × {-(-context // lay.block_size)} "
+            f"+ {lay.mamba_groups} Mamba group(s) × {per.layout.mamba_blocks // lay.mamba_groups})")
+    return PlanRow(
+        model=model.name, variant=variant, sparsity=round(1 - int(sizes[0]) / model.original_state_size, 6),
+        state_sizes=list(sizes), dtype=lay.dtype, ssm_dtype=lay.ssm_dtype, tensor_parallel_size=1, mode=s.mode,
+        conv_bytes_per_sequence=per.conv_bytes, ssm_bytes_per_sequence=per.ssm_bytes,
+        bytes_per_sequence=per.vllm_bytes, bytes_per_block=lay.bytes_per_block, cache_memory_bytes=s.cache_memory,
+        num_blocks=blocks, concurrent_sequences=sequences_in(s.cache_memory, per), max_num_seqs=blocks,
+        quality=None, notes=[note], context_tokens=context, blocks_per_sequence=per.blocks,
+    )
+
+
 def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
+    if model.hybrid:
+        return _hybrid_row(model, variant, sizes, method, s)
     shape = MambaShape.from_config(model.config)
     bm = block_math(shape, sizes, s.model_dtype(model), s.ssm_dtype(model), s.tensor_parallel_size, s.padded)
     memory, weights = _cache_memory(model, sizes, s)
@@ -176,7 +225,12 @@ def check_holds_a_sequence(model: PlanModel, rows: list[PlanRow], settings: Plan
     """Bad input when no planned variant holds even one sequence (one line, naming the memory and the fix)."""
     if not rows or any(r.concurrent_sequences > 0 for r in rows):
         return
-    r = min(rows, key=lambda r: r.bytes_per_block)
+    r = min(rows, key=lambda r: r.bytes_per_block * (r.blocks_per_sequence or 1))
+    if r.blocks_per_sequence is not None:
+        need = (1 + r.blocks_per_sequence) * r.bytes_per_block
+        raise RecipeError(f"{model.name}: {r.cache_memory_bytes:,} B of cache memory holds no sequence of "
+                          f"{r.context_tokens:,} tokens (vLLM needs one null block + {r.blocks_per_sequence} blocks of "
+                          f"{r.bytes_per_block:,} B); give at least {need:,} B or a shorter --max-model-len")
     if r.cache_memory_bytes <= 0:
         raise RecipeError(f"{model.name}: --gpu-memory {format_size(settings.gpu_memory)} × "
                           f"{settings.gpu_memory_utilization:g} leaves no cache memory after the weights "
@@ -196,12 +250,26 @@ def _quality_text(row: PlanRow) -> str:
     return Quality(q["metric"], q["dense"], q["value"], q["source"]).text(row.sparsity == 0)
 
 
-def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, unreachable: Optional[int] = None) -> str:
-    shape = MambaShape.from_config(model.config)
-    r0 = rows[0] if rows else None
-    head = (f"{model.name}: Mamba2, {shape.num_hidden_layers} layers, n_groups {shape.n_groups}, {shape.num_heads} "
-            f"heads × {shape.head_dim}, N {model.original_state_size}" + (f" (pruned: {model.method}, N' per layer "
+def _head(model: PlanModel) -> str:
+    if model.hybrid:
+        from ghost_vllm.families import family_for_config
+
+        family = family_for_config(model.config)
+        lay = family.layout(model.config)
+        what = (f"{family.name} hybrid, {len(family.attention_layers(model.config))} attention + "
+                f"{len(family.mamba_layers(model.config))} Mamba layers, n_groups {lay.n_groups}, {lay.num_heads} heads "
+                f"× {lay.head_dim}")
+    else:
+        shape = MambaShape.from_config(model.config)
+        what = (f"Mamba2, {shape.num_hidden_layers} layers, n_groups {shape.n_groups}, {shape.num_heads} heads × "
+                f"{shape.head_dim}")
+    return (f"{model.name}: {what}, N {model.original_state_size}" + (f" (pruned: {model.method}, N' per layer "
             f"{' '.join(map(str, model.state_sizes))})" if model.pruned else ""))
+
+
+def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, unreachable: Optional[int] = None) -> str:
+    r0 = rows[0] if rows else None
+    head = _head(model)
     lines = [head]
     if settings.mode == "exact":
         lines.append(f"  exact mode: {settings.cache_memory:,} B ({format_size(settings.cache_memory)}) of state cache "
@@ -210,7 +278,10 @@ def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, u
         lines.append(f"  estimate mode: {format_size(settings.gpu_memory)} × {settings.gpu_memory_utilization:g} − "
                      f"weights at {r0.dtype if r0 else settings.dtype} / TP {settings.tensor_parallel_size} − "
                      f"{format_size(settings.overhead)} allowance (activations, CUDA graphs, context; assumed)")
-    if r0:
+    if r0 and r0.blocks_per_sequence is not None:
+        lines.append(f"  state dtypes: conv and KV {r0.dtype}, SSM {r0.ssm_dtype}; {r0.notes[0]}; state B/seq below = "
+                     f"the blocks that sequence holds × block B (padding and attention KV included)")
+    elif r0:
         lines.append(f"  state dtypes: conv {r0.dtype}, SSM {r0.ssm_dtype}; tensor parallel {settings.tensor_parallel_size}; "
                      f"one Mamba block = one sequence's state in every layer = "
                      + ("L × largest page (stock vLLM padding)" if settings.padded else "Σ_l page_l"))
@@ -225,6 +296,10 @@ def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, u
     if unreachable is not None:
         lines.append(f"  target {unreachable:,} sequences: not reachable by pruning alone (even N' = "
                      f"{min(settings.multiple_of, model.original_state_size)} holds fewer); add memory or GPUs")
-    lines.append("  blocks = cache // block; vLLM keeps one null block, so concurrent = blocks − 1; with full CUDA "
-                 "graphs start-up needs max_num_seqs ≤ blocks (vllm#49064)")
+    if r0 and r0.blocks_per_sequence is not None:
+        lines.append("  blocks = cache // block; vLLM keeps one null block, so concurrent = (blocks − 1) // blocks per "
+                     "sequence; with full CUDA graphs start-up needs max_num_seqs ≤ blocks (vllm#49064)")
+    else:
+        lines.append("  blocks = cache // block; vLLM keeps one null block, so concurrent = blocks − 1; with full CUDA "
+                     "graphs start-up needs max_num_seqs ≤ blocks (vllm#49064)")
     return "\n".join(lines)

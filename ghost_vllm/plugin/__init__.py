@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import logging
 
+from ghost_vllm.families import GHOST_ARCHITECTURES
+
 __all__ = ["ARCHITECTURE", "ARCHITECTURES", "register"]
 
 ARCHITECTURE = "GhostMamba2ForCausalLM"
-# ghost architecture → (model class, config-map class), lazy "module:Class" strings
-ARCHITECTURES = {
-    ARCHITECTURE: ("ghost_vllm.plugin.model:GhostMamba2ForCausalLM", "ghost_vllm.plugin.model:GhostMambaModelConfig"),
-    "GhostNemotronHForCausalLM": ("ghost_vllm.plugin.hybrid:GhostNemotronHForCausalLM",
-                                  "ghost_vllm.plugin.configs:GhostNemotronHConfig"),
-    "GhostGraniteMoeHybridForCausalLM": ("ghost_vllm.plugin.hybrid:GhostGraniteMoeHybridForCausalLM",
-                                         "ghost_vllm.plugin.configs:GhostHybridConfig"),
-    "GhostFalconH1ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostFalconH1ForCausalLM",
-                                 "ghost_vllm.plugin.configs:GhostHybridConfig"),
-    "GhostZamba2ForCausalLM": ("ghost_vllm.plugin.hybrid:GhostZamba2ForCausalLM",
-                               "ghost_vllm.plugin.configs:GhostHybridConfig"),
-}
+# ghost architecture → (model class, config-map class), lazy "module:Class" strings, one per model family
+ARCHITECTURES = {a: (f.ghost_vllm_model, f.ghost_vllm_config) for a, f in GHOST_ARCHITECTURES.items()}
 log = logging.getLogger(__name__)
 
 

@@ -8,23 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-__all__ = ["EngineProbe", "probe_engine", "parse_bytes"]
+__all__ = ["EngineProbe", "probe_engine"]
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
-
-
-def parse_bytes(text: str) -> int:
-    """``256MiB`` / ``1GiB`` / ``64MB`` / ``1048576`` → bytes."""
-    import re
-
-    from ghost_vllm.errors import GhostError
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise GhostError(f"{text!r}: not a memory size; use e.g. 256MiB, 1GiB or a byte count")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 from ghost_vllm.checkpoint import model_family, read_ghost_json, validate_model_dir
 from ghost_vllm.errors import CheckpointError, ModelError
-from ghost_vllm.inspect import inspect_checkpoint, layer_state_sizes
+from ghost_vllm.inspection import inspect_checkpoint, layer_state_sizes
 
 __all__ = ["validate_ghost_checkpoint"]
 

@@ -6,7 +6,7 @@
 - :func:`mixer_input`: what a block hands its Mamba2 mixer (after the norm; for a Zamba2 hybrid layer after the shared
   attention), without running the mixer;
 - :func:`patched_mixers`: every mixer of a pure Mamba2 model through a forward of ours (:func:`masked_mixers`: our
-  reference forward with a channel mask; ``ghost_vllm.bench.state_formats``: with the state stored narrower).
+  reference forward with a channel mask; ``ghost_vllm.loadtest.state_formats``: with the state stored narrower).
 """
 
 from __future__ import annotations

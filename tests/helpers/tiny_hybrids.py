@@ -1,6 +1,6 @@
 """Tiny random hybrid models for tests (CPU, fp32, seeded): the real layer pattern of each family (some attention,
 some Mamba2), attention head size 32 (vLLM's CPU attention rejects 16), d_state 16. Mamba weights are perturbed as in
-:mod:`ghost_vllm.mamba.tiny` so that every state channel carries signal."""
+:mod:`tests.helpers.tiny` so that every state channel carries signal."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def tiny_hybrid_model(model_type: str, seed: int = 0, vocab_size: int = 320, sta
 
 def save_tiny_hybrid(path: Path, model_type: str, seed: int = 0, state_size: int = 16):
     """Write a tiny random model of the family (HF layout, safetensors, fp32) with a matching tokenizer."""
-    from ghost_vllm.mamba.tiny import tiny_tokenizer
+    from tests.helpers.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer(320)
     model = tiny_hybrid_model(model_type, seed=seed, vocab_size=len(tok), state_size=state_size)

@@ -35,7 +35,7 @@ def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
 
 
 def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, Any]:
-    from ghost_vllm.mamba.ssm_layout import hf_config_from_mamba_ssm, is_mamba_ssm_dir
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, is_mamba_ssm_dir
 
     if is_mamba_ssm_dir(model_dir):  # state-spaces layout: shapes follow from the config (weights may be a pickle)
         cfg = {**hf_config_from_mamba_ssm(read_config(model_dir)), "architectures": ["mamba_ssm layout"],

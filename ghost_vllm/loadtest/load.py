@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from ghost_vllm.bench.promtext import metric_sum, parse_metrics
+from ghost_vllm.loadtest.promtext import metric_sum, parse_metrics
 
 __all__ = ["RequestSample", "MetricsPeaks", "scrape", "run_level"]
 

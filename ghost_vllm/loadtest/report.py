@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ghost_vllm.bench.promtext import format_textfile
+from ghost_vllm.loadtest.promtext import format_textfile
 
 __all__ = ["markdown_table", "plot", "prometheus_textfile"]
 

@@ -1,4 +1,6 @@
-"""Memory sizes as people write them: ``80GiB``, ``80GB``, ``8e10``, ``26100000``, ``256MiB``."""
+"""Units, defined once: bytes per element of the state-cache dtypes vLLM takes, and memory sizes as people write them
+(``80GiB``, ``80GB``, ``8e10``, ``26100000``, ``256MiB``). Every command, the planner, the state arithmetic and the
+plugin read these; nothing restates them."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import re
 
 from ghost_vllm.errors import RecipeError
 
-__all__ = ["parse_size", "format_size"]
+__all__ = ["DTYPE_BYTES", "parse_size", "format_size"]
+
+# the dtypes vLLM (0.32/0.33) keeps conv and SSM states in (`--dtype`, `--mamba-ssm-cache-dtype`)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -15,8 +15,8 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from ghost_vllm import __version__
-from ghost_vllm.bench.load import run_level
-from ghost_vllm.bench.server import VLLMServer
+from ghost_vllm.loadtest.load import run_level
+from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.errors import GhostError
 
 __all__ = ["CapacitySpec", "run_capacity", "summarize", "percentile", "make_prompts"]
@@ -63,7 +63,8 @@ def make_prompts(model_dir: str, n: int, prompt_len: int, seed: int) -> list[lis
     """``n`` prompts of exactly ``prompt_len`` token ids cut from the reference validation text (seeded offsets)."""
     import random
 
-    from ghost_vllm.checkpoint import load_tokenizer, resolve_model_path
+    from ghost_vllm.checkpoint import load_tokenizer
+    from ghost_vllm.sources import resolve_model_path
     from ghost_vllm.reference import VALIDATION_TEXT
 
     tok = load_tokenizer(resolve_model_path(model_dir))

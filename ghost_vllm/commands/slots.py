@@ -1,0 +1,38 @@
+"""``ghost-vllm slots MODEL…``: vLLM state slots of each model in the same state memory (offline engines)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+__all__ = ["run_slots"]
+
+
+def run_slots(args: argparse.Namespace) -> int:
+    from ghost_vllm.sources import resolve_model_path
+    from ghost_vllm.inspection import inspect_checkpoint
+    from ghost_vllm.plugin.offline import probe_engine
+    from ghost_vllm.units import parse_size
+
+    memory = parse_size(args.state_memory, "--state-memory")
+    rows = []
+    for i, name in enumerate(args.models):
+        model_dir = str(resolve_model_path(name))
+        prompts = args.prompt if i == len(args.models) - 1 else None
+        probe = probe_engine(model_dir, memory, prompts, args.max_tokens)
+        rows.append({"model": name, "bytes_per_sequence": inspect_checkpoint(Path(model_dir))["bytes_per_sequence"],
+                     "num_gpu_blocks": probe.num_gpu_blocks, "state_slots": probe.state_slots,
+                     "completions": dict(zip(prompts or [], probe.completions))})
+    base = rows[0]["state_slots"]
+    print(f"\nvLLM engines with {args.state_memory} of state memory each:")
+    print("| model | state B/seq | concurrent sequences (state slots) | vs first |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['bytes_per_sequence']:,} | {r['state_slots']:,} | {r['state_slots'] / base:.3f}× |")
+    for prompt, text in rows[-1]["completions"].items():
+        print(f"\n[{rows[-1]['model']}] {prompt!r} → {text!r}")
+    if args.json:
+        from ghost_vllm.commands.io import write_json_atomic
+
+        write_json_atomic(args.json, {"state_memory_bytes": memory, "rows": rows})
+    return 0

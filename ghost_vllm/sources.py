@@ -1,0 +1,72 @@
+"""Where a model comes from: the bundled models (named once here), local directories and Hugging Face Hub ids.
+
+Every command and benchmark turns a user's ``--model`` / ``MODEL`` into a directory through
+:func:`resolve_model_path`; reading and validating what is inside is :mod:`ghost_vllm.checkpoint`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ghost_vllm.errors import ModelError
+
+__all__ = ["BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
+           "resolve_model_path"]
+
+log = logging.getLogger(__name__)
+
+# bundled name → what it is (directories in bundled_model_dir)
+BUNDLED_MODELS = {
+    "reference": "the reference Mamba2 (6 layers, state 128) trained here",
+    "hybrid": "a Nemotron-H-shaped hybrid (6 Mamba2 + 2 attention + 2 MLP layers) trained here",
+    "recall": "the MQAR recall Mamba2 (2 layers) trained here",
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def bundled_model_dir(name: str) -> Path:
+    from ghost_vllm import recall, reference
+
+    return {"reference": reference.MODEL_DIR, "recall": recall.MODEL_DIR, "hybrid": reference.HYBRID_MODEL_DIR}[name]
+
+
+def resolve_model_path(path: str) -> Path:
+    """A bundled name, a local directory or a Hub id (``org/name``, through the local Hugging Face cache) → the model
+    directory. A missing local path is returned as is (the validators say "model directory not found")."""
+    if path in BUNDLED_MODELS:
+        bundled = bundled_model_dir(path)
+        if not (bundled / "config.json").is_file():
+            raise ModelError(f"the bundled {path} model is missing at {bundled}; reinstall ghost_vllm from a full clone")
+        return bundled
+    local = Path(path).expanduser()
+    if not is_hub_id(path):
+        return local  # a local path (missing ones get "model directory not found" from the validators)
+    return hub_snapshot(path)
+
+
+def is_hub_id(path: str) -> bool:
+    """``org/name`` that is not a local path (nor under a local directory named ``org``)."""
+    return bool(_HUB_ID.fullmatch(path)) and not Path(path).expanduser().exists() and not Path(path.split("/")[0]).exists()
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin", *TOKENIZER_FILES)
+
+
+def hub_snapshot(repo_id: str, patterns: Sequence[str] = HUB_PATTERNS, flag: str = "--model",
+                 what: str = "model directory") -> Path:
+    """A Hub id (``state-spaces/mamba2-130m``) that is not a local directory: the local Hugging Face cache's snapshot,
+    downloaded first unless ``HF_HUB_OFFLINE=1``. Only ``patterns`` are fetched (config, weights and tokenizer files
+    for a model; tokenizer files for a tokenizer)."""
+    from huggingface_hub import snapshot_download
+
+    log.info("%s is not a local path; resolving it as a Hugging Face Hub id", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
+    except Exception as e:  # offline and not cached, unknown repo, gated, network down
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{repo_id}: not a local path, and fetching it as a Hugging Face Hub id failed "
+                         f"({type(e).__name__}: {why}); pass a local {what} with {flag}") from None
