@@ -33,6 +33,7 @@ __all__ = [
     "write_checkpoint",
     "read_ghost_json",
     "clean_stale_temporaries",
+    "apply_umask",
     "check_output_location",
 ]
 
@@ -324,6 +325,17 @@ def check_output_location(target: Path) -> None:
                           f"choose a writable --out")
 
 
+def apply_umask(path: Path) -> None:
+    """Give ``path`` (a file, or a directory and everything in it) the modes a plain ``open``/``mkdir`` would under the
+    process umask: temporary files and directories are created owner-only (0600/0700), and an atomic rename keeps
+    that, so a server or a metrics collector running as another user could not read the result."""
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = [path, *Path(path).rglob("*")] if Path(path).is_dir() else [path]
+    for p in paths:
+        os.chmod(p, (0o777 if Path(p).is_dir() else 0o666) & ~umask)
+
+
 def _prepare_target(target: Path, overwrite: bool) -> Path:
     """Check the target and return a fresh temporary directory beside it."""
     if target.exists() and not overwrite:
@@ -360,6 +372,7 @@ def write_checkpoint(
                 if (tok_src / name).is_file():
                     shutil.copy(tok_src / name, tmp / name)
         (tmp / GHOST_FILE).write_text(json.dumps(ghost, indent=1) + "\n", encoding="utf-8")
+        apply_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -122,6 +123,8 @@ def _add_bench(sub) -> None:
     c.add_argument("--scrape-interval", type=float, default=0.5, help="seconds between /metrics scrapes during load")
     c.add_argument("--out", type=Path, default=Path("benchmarks/results/capacity"))
     c.add_argument("--prometheus-textfile", type=Path, default=None)
+    c.add_argument("--host", default="127.0.0.1", help="address the servers listen on (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="port the servers listen on, one at a time (default: free)")
     c.add_argument("--no-progress", action="store_true")
 
 
@@ -159,6 +162,19 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible vLLM server for a (ghost) checkpoint; extra args go to vLLM",
                        add_help=False)
     p.add_argument("model")
+
+
+SERVE_HELP = """usage: ghost-vllm serve MODEL [--auto-max-num-seqs] [vLLM server options ...]
+
+vLLM's OpenAI-compatible server for a (ghost) checkpoint. Before the engine starts it checks the checkpoint, the
+tensor/pipeline-parallel sizes, --mamba-backend against the state sizes, and whether --max-num-seqs fits the Mamba
+cache blocks (one line, exit 2 when something cannot run); on CPU with no cache size it chooses one, and with TP/PP
+it binds one core group per worker. Then it runs `python -m vllm.entrypoints.openai.api_server --model MODEL ...`.
+
+  MODEL                 checkpoint directory, Hub id (org/name) or bundled name (reference, hybrid, recall)
+  --auto-max-num-seqs   pass the largest --max-num-seqs the state memory holds when the requested one does not fit
+  vLLM options          e.g. --port 8000 --dtype float32 --kv-cache-memory-bytes 64MiB --tensor-parallel-size 2;
+                        all of them: python -m vllm.entrypoints.openai.api_server --help"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,10 +232,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ghost_vllm.sources import resolve_model_path
     from ghost_vllm.inspection import format_inspection, inspect_checkpoint
+    from ghost_vllm.sources import require_model_dir
 
-    info = inspect_checkpoint(resolve_model_path(args.model), dtype=args.dtype)
+    info = inspect_checkpoint(require_model_dir(args.model), dtype=args.dtype)
     print(json.dumps(info, indent=1) if args.json else format_inspection(info))
     return 0
 
@@ -269,6 +285,9 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"] and any(a in ("-h", "--help") for a in argv[1:]):
+        print(SERVE_HELP)  # serve passes every other flag to vLLM, so argparse cannot print its help
+        return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
@@ -303,6 +322,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ghost-vllm plan … | head`: the reader left; say nothing more, like other Unix tools
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
     except Exception as e:  # an internal failure: one line unless --debug
         if args.debug:
             raise

@@ -49,14 +49,16 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
 
     family = model_family(cfg)
     dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    ssm_dtype = family.default_ssm_cache_dtype(cfg) or dtype  # vLLM's "auto" (Nemotron-H keeps a float32 state)
     ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
-    pruned = state_size_of(cfg, dtype=dtype, state_sizes=per_layer)
-    original = state_size_of(cfg, state_size=n_orig, dtype=dtype)
+    pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=ssm_dtype, state_sizes=per_layer)
+    original = state_size_of(cfg, state_size=n_orig, dtype=dtype, ssm_dtype=ssm_dtype)
     return {
         "model": str(model_dir),
         "architecture": (cfg.get("architectures") or ["?"])[0],
         "dtype": dtype,
+        "ssm_dtype": ssm_dtype,
         "family": family.name,
         "layers": family.num_layers(cfg),
         "mamba_layers": family.mamba_layers(cfg),
@@ -100,7 +102,7 @@ def _hybrid_context_table(cfg: dict[str, Any], original: dict[str, Any], dtype: 
 def format_inspection(info: dict[str, Any]) -> str:
     mib = 1 / 2**20
     lines = [
-        f"model            {info['model']} ({info['architecture']}, {info['dtype']})",
+        f"model            {info['model']} ({info['architecture']}, {info['dtype']}; SSM state {info['ssm_dtype']})",
         f"layers           {info['layers']}" + (f" ({len(info['mamba_layers'])} with a Mamba2 mixer)"
                                                     if len(info["mamba_layers"]) != info["layers"] else "")
         + f", n_groups {info['n_groups']}",

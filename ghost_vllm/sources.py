@@ -14,7 +14,7 @@ from typing import Sequence
 from ghost_vllm.errors import ModelError
 
 __all__ = ["BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
-           "resolve_model_path"]
+           "resolve_model_path", "require_model_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,19 @@ def resolve_model_path(path: str) -> Path:
     if not is_hub_id(path):
         return local  # a local path (missing ones get "model directory not found" from the validators)
     return hub_snapshot(path)
+
+
+def require_model_dir(name: str, what: str = "MODEL") -> Path:
+    """:func:`resolve_model_path`, and a one-line :class:`ModelError` unless the result is a directory with a
+    ``config.json`` — for commands that would otherwise start an engine or an evaluation first."""
+    model_dir = resolve_model_path(name)
+    if not model_dir.is_dir():
+        raise ModelError(f"{what} {name}: no such model directory; pass a checkpoint directory, a Hub id (org/name) "
+                         f"or a bundled name ({', '.join(BUNDLED_MODELS)})")
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{what} {name}: {model_dir} has no config.json; pass a Hugging Face-format checkpoint "
+                         f"directory (config.json + *.safetensors)")
+    return model_dir
 
 
 def is_hub_id(path: str) -> bool:

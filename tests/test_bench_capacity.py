@@ -126,3 +126,18 @@ def test_real_prometheus_scrapes_ghost_and_vllm_metrics(pair, tmp_path):
         finally:
             prom.terminate()
             prom.wait(timeout=30)
+
+
+def test_saturation_warning_names_levels_that_did_not_load_the_engine():
+    """A level whose scraped peak stayed under half of min(clients, slots) is flagged; a loaded one is not."""
+    from ghost_vllm.loadtest.capacity import saturation_warnings
+
+    def level(dense_peak, pruned_peak):
+        return {"dense": {"peak_running": dense_peak, "num_gpu_blocks": 16},
+                "pruned": {"peak_running": pruned_peak, "num_gpu_blocks": 31}, "ratio": {}}
+
+    result = {"summary": {"levels": {"4": level(4, 4), "32": level(0, 3), "64": level(15, 30)}}}
+    warnings = saturation_warnings(result)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("concurrency 32, dense: at most 0 requests running of 15 possible")
+    assert warnings[1].startswith("concurrency 32, pruned: at most 3 requests running of 30 possible")

@@ -181,11 +181,16 @@ def test_measured_quality_is_shown_never_invented(capsys, tmp_path):
     (ckpt / "config.json").write_text(json.dumps({**cfg, "state_size": max(sizes), "layer_state_sizes": sizes,
                                                   "architectures": ["GhostMamba2ForCausalLM"]}))
     ghost = {"method": "ghost", "allocation": "adaptive", "state_size_original": 128,
-             "source": {"path": "elsewhere", "sha256": source_hash(MODEL_DIR)}}
+             "source": {"path": "elsewhere", "sha256": source_hash(MODEL_DIR)},
+             "calibration": {"source": "reference", "nsamples": 128, "seq_len": 128, "seed": 0, "tokens": 16384}}
     (ckpt / "ghost.json").write_text(json.dumps(ghost))
     rc, out, _ = _run(capsys, "plan", str(ckpt), "--cache-memory", "26100000", "--json")
     (row,) = json.loads(out)
     assert row["state_sizes"] == sizes and row["quality"]["value"] == pytest.approx(adaptive["wt2_512_token_ppl"])
+    # the same method and sizes calibrated on other data: another model, no figure
+    (ckpt / "ghost.json").write_text(json.dumps({**ghost, "calibration": {**ghost["calibration"], "seq_len": 64}}))
+    rc, out, _ = _run(capsys, "plan", str(ckpt), "--cache-memory", "26100000", "--json")
+    assert json.loads(out)[0]["quality"] is None
     # the same checkpoint pruned from another model: no figure
     (ckpt / "ghost.json").write_text(json.dumps({**ghost, "source": {"sha256": "0" * 64}}))
     rc, out, _ = _run(capsys, "plan", str(ckpt), "--cache-memory", "26100000", "--json")

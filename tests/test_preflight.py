@@ -4,7 +4,6 @@ max_num_seqs than Mamba blocks with full CUDA graphs; and the CPU thread binding
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ghost_vllm.errors import CalibrationError
 
-__all__ = ["NAMED_SOURCES", "TOKEN_SOURCES", "resolve_source", "load_texts"]
+__all__ = ["NAMED_SOURCES", "TOKEN_SOURCES", "EVALUATION_SOURCES", "resolve_source", "load_texts", "check_source"]
 
 # name → (HF dataset, config, split), read with the optional `datasets` package when the machine is online
 HF_DATASETS = {
@@ -17,6 +17,8 @@ HF_DATASETS = {
 }
 NAMED_SOURCES = ("reference", "reference-valid", "recall", *HF_DATASETS)
 TOKEN_SOURCES = ("recall",)  # sources that generate token windows directly (no text, no tokenizer)
+# evaluation-only splits → the calibration source to use instead (calibrating on the text you evaluate on flatters)
+EVALUATION_SOURCES = {"reference-valid": "reference", "wikitext2-test": "wikitext2"}
 
 
 def resolve_source(source: str) -> str:
@@ -26,6 +28,15 @@ def resolve_source(source: str) -> str:
 
     bundled = {"reference": reference.CALIBRATION_TEXT, "reference-valid": reference.VALIDATION_TEXT}
     return str(bundled[source]) if source in bundled else source
+
+
+def check_source(source: str, flag: str = "--data") -> None:
+    """A one-line :class:`CalibrationError` for a source that names nothing (neither a bundled/Hub name nor an
+    existing path), before any model is loaded."""
+    if source in NAMED_SOURCES or Path(resolve_source(source)).exists():
+        return
+    raise CalibrationError(f"{flag} {source}: no such file or directory, and not a named source "
+                           f"({', '.join(NAMED_SOURCES)})")
 
 
 def _read_utf8(path: Path) -> str:

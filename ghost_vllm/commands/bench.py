@@ -14,7 +14,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise GhostError("bench: choose a benchmark: ghost-vllm bench capacity --dense DIR --pruned DIR")
     from ghost_vllm.loadtest.capacity import CapacitySpec, run_capacity
     from ghost_vllm.loadtest.report import markdown_table, plot, prometheus_textfile
-    from ghost_vllm.sources import resolve_model_path
+    from ghost_vllm.sources import require_model_dir
     from ghost_vllm.commands.io import write_json_atomic, write_text_atomic
     from ghost_vllm.units import parse_size
 
@@ -24,13 +24,16 @@ def run_bench(args: argparse.Namespace) -> int:
         raise GhostError(f"--concurrency {args.concurrency!r}: use comma-separated integers such as 1,4,16,64") from None
     if not levels or min(levels) < 1 or args.requests < 1 or args.repeats < 1:
         raise GhostError("--concurrency, --requests and --repeats must be positive")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise GhostError(f"--port {args.port}: use a TCP port between 1 and 65535")
     if args.rate is not None and args.rate <= 0:
         raise GhostError(f"--rate {args.rate}: use a positive number of requests per second")
     spec = CapacitySpec(
-        dense=str(resolve_model_path(args.dense)), pruned=str(resolve_model_path(args.pruned)),
+        dense=str(require_model_dir(args.dense, "--dense")), pruned=str(require_model_dir(args.pruned, "--pruned")),
         state_memory_bytes=parse_size(args.state_memory, "--state-memory"), concurrency=levels, requests=args.requests,
         prompt_len=args.prompt_len, max_tokens=args.max_tokens, rate=args.rate, repeats=args.repeats, seed=args.seed,
         max_num_seqs=args.max_num_seqs, request_timeout_s=args.request_timeout, scrape_interval_s=args.scrape_interval,
+        host=args.host, port=args.port,
     )
     result = run_capacity(spec, args.out, progress=not args.no_progress)
     table = markdown_table(result)
@@ -40,5 +43,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.prometheus_textfile:
         write_text_atomic(args.prometheus_textfile, prometheus_textfile(result))
     print(table)
+    for line in result["warnings"]:
+        print(f"warning: {line}")
     print(f"wrote {args.out}/capacity.json, capacity.md, throughput.png, latency_p99.png")
     return 0

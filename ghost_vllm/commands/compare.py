@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ghost_vllm.checkpoint import load_model, load_tokenizer
-from ghost_vllm.sources import resolve_model_path
+from ghost_vllm.sources import require_model_dir
 from ghost_vllm.evaluate import perplexity
 from ghost_vllm.inspection import inspect_checkpoint
 
@@ -15,10 +15,15 @@ __all__ = ["compare_models", "format_comparison"]
 
 def compare_models(models: list[str], data: list[str], seq_len: int = 512, device: str = "cpu",
                    max_tokens: Optional[int] = None, progress: bool = True) -> list[dict]:
+    from ghost_vllm.calib.sources import check_source
+
+    for d in data:  # every input checked before the first (slow) evaluation
+        check_source(d)
+    checked = [(name, require_model_dir(name)) for name in models]
+    infos = {str(d): inspect_checkpoint(d) for _, d in checked}
     rows = []
-    for name in models:
-        model_dir = resolve_model_path(name)
-        info = inspect_checkpoint(model_dir)
+    for name, model_dir in checked:
+        info = infos[str(model_dir)]
         tok = load_tokenizer(model_dir)
         model = load_model(model_dir, "auto", device)
         evals = [perplexity(model, tok, d, seq_len=seq_len, max_tokens=max_tokens, progress=progress).to_dict()

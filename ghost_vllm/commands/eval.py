@@ -12,14 +12,20 @@ __all__ = ["run_eval"]
 
 def run_eval(args: argparse.Namespace) -> int:
     from ghost_vllm.checkpoint import load_model, load_tokenizer
-    from ghost_vllm.sources import resolve_model_path
+    from ghost_vllm.sources import require_model_dir
     from ghost_vllm.evaluate import lambada_accuracy, perplexity
 
     if not args.data and not args.lambada and not args.recall:
         raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME, --lambada PATH and/or --recall")
     if args.recall_sequences < 1:
         raise GhostError(f"--recall-sequences {args.recall_sequences}: must be >= 1")
-    model_dir = resolve_model_path(args.model)
+    from ghost_vllm.calib.sources import check_source
+
+    for source in args.data:
+        check_source(source)
+    if args.lambada:
+        check_source(args.lambada, "--lambada")
+    model_dir = require_model_dir(args.model)
     if args.recall:
         from ghost_vllm.checkpoint import read_config
 

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ghost_vllm.checkpoint import apply_umask
 from ghost_vllm.errors import GhostError
 
 __all__ = ["write_text_atomic", "write_json_atomic", "resolve_device"]
@@ -20,6 +21,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -17,7 +17,9 @@ from ghost_vllm.planner.plan import (
     plan_variants,
 )
 
-__all__ = ["parse_sparsities", "run_plan"]
+__all__ = ["parse_sparsities", "run_plan", "DEFAULT_WHAT_IFS"]
+
+DEFAULT_WHAT_IFS = (0, 0.25, 0.5, 0.75)  # κ what-ifs planned for a dense model when --sparsity is not given
 
 
 def parse_sparsities(text: Optional[str]) -> Optional[list[float]]:
@@ -44,7 +46,7 @@ def run_plan(models: Sequence[str], settings: PlanSettings, sparsities: Optional
     out, texts = [], []
     for model in resolved:
         if sparsities is None and target_seqs is None:
-            what_if = [0, 0.25, 0.5, 0.75] if not model.pruned else None
+            what_if = list(DEFAULT_WHAT_IFS) if not model.pruned else None
         else:
             what_if = sparsities
         rows = plan_variants(model, settings, what_if)

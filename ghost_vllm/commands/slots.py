@@ -10,15 +10,17 @@ __all__ = ["run_slots"]
 
 
 def run_slots(args: argparse.Namespace) -> int:
-    from ghost_vllm.sources import resolve_model_path
     from ghost_vllm.inspection import inspect_checkpoint
-    from ghost_vllm.plugin.offline import probe_engine
+    from ghost_vllm.sources import require_model_dir
     from ghost_vllm.units import parse_size
 
     memory = parse_size(args.state_memory, "--state-memory")
+    dirs = [require_model_dir(name) for name in args.models]  # every model checked before the first engine starts
+    from ghost_vllm.plugin.offline import probe_engine
+
     rows = []
-    for i, name in enumerate(args.models):
-        model_dir = str(resolve_model_path(name))
+    for i, (name, path) in enumerate(zip(args.models, dirs)):
+        model_dir = str(path)
         prompts = args.prompt if i == len(args.models) - 1 else None
         probe = probe_engine(model_dir, memory, prompts, args.max_tokens)
         rows.append({"model": name, "bytes_per_sequence": inspect_checkpoint(Path(model_dir))["bytes_per_sequence"],

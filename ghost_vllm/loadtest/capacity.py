@@ -19,7 +19,7 @@ from ghost_vllm.loadtest.load import run_level
 from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.errors import GhostError
 
-__all__ = ["CapacitySpec", "run_capacity", "summarize", "percentile", "make_prompts"]
+__all__ = ["CapacitySpec", "run_capacity", "summarize", "percentile", "make_prompts", "saturation_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class CapacitySpec:
     request_timeout_s: float = 600.0
     startup_timeout_s: float = 600.0
     scrape_interval_s: float = 0.5  # each /metrics render costs the server's event loop; don't hammer it
+    host: str = "127.0.0.1"  # where the servers listen (one at a time)
+    port: Optional[int] = None  # default: a free port
 
     def server_args(self) -> list[str]:
         return ["--dtype", self.dtype, "--max-model-len", str(self.max_model_len), "--enforce-eager",
@@ -120,7 +122,7 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
         for variant, model in (("dense", spec.dense), ("pruned", spec.pruned)):
             bar.set_postfix(repeat=rep + 1, model=variant)
             with VLLMServer(model, spec.server_args(), log_path=logs / f"{variant}-{rep}.log",
-                            startup_timeout=spec.startup_timeout_s) as server:
+                            startup_timeout=spec.startup_timeout_s, host=spec.host, port=spec.port) as server:
                 blocks = _num_blocks(server)
                 # warm-up at the largest batch, not recorded: first-time kernel set-up must not land in a level
                 top = max(spec.concurrency)
@@ -139,7 +141,25 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
     result = {"spec": {**spec.__dict__, "concurrency": list(spec.concurrency)}, "version": __version__,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": runs,
               "summary": _aggregate(runs, spec)}
+    result["warnings"] = saturation_warnings(result)
     return result
+
+
+def saturation_warnings(result: dict) -> list[str]:
+    """A level whose scraped peak of running requests stayed under half of what it could reach (min(clients, state
+    slots)) did not load the engine: its throughput ratio says little. One line per such level and model."""
+    out = []
+    for level, per in result["summary"]["levels"].items():
+        for variant in ("dense", "pruned"):
+            row = per.get(variant, {})
+            slots = max(int(row.get("num_gpu_blocks") or 1) - 1, 0)
+            reachable = min(int(level), slots)
+            peak = row.get("peak_running")
+            if reachable and (peak is None or peak < 0.5 * reachable):
+                out.append(f"concurrency {level}, {variant}: at most {peak if peak is not None else 0:g} requests "
+                           f"running of {reachable} possible — the engine was not saturated, so this level's "
+                           f"throughput ratio says little; raise --requests or --max-tokens")
+    return out
 
 
 def _num_blocks(server: VLLMServer) -> Optional[int]:

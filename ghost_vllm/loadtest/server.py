@@ -27,14 +27,16 @@ class VLLMServer:
 
     def __init__(self, model: str, extra: Optional[list[str]] = None, log_path: Optional[Path] = None,
                  startup_timeout: float = 300.0, env: Optional[dict] = None, launcher: str = "ghost-vllm",
-                 command: Optional[list[str]] = None, port: Optional[int] = None, cwd: Optional[Path] = None):
+                 command: Optional[list[str]] = None, port: Optional[int] = None, cwd: Optional[Path] = None,
+                 host: str = "127.0.0.1"):
         """``command`` (with ``port``, ``cwd``): run exactly this command line instead (e.g. one from the README)."""
         self.model = model
         self.launcher = launcher
         self.command = command
         self.cwd = cwd
+        self.host = host
         self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
         self.extra = extra or []
         self.log_path = log_path
         self.startup_timeout = startup_timeout
@@ -45,7 +47,7 @@ class VLLMServer:
     def __enter__(self) -> "VLLMServer":
         serve = ([str(Path(sys.executable).parent / "vllm"), "serve"] if self.launcher == "vllm"
                  else [sys.executable, "-m", "ghost_vllm.cli", "serve"])
-        cmd = self.command or [*serve, self.model, "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
+        cmd = self.command or [*serve, self.model, "--host", self.host, "--port", str(self.port), *self.extra]
         self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})},
                                      start_new_session=True, cwd=self.cwd)

@@ -30,6 +30,7 @@ class PlanModel:
     origin: Optional[str]  # 'reference' / 'recall': a bundled model or pruned from it (measured quality may exist)
     refit: bool = False  # ghost checkpoints: out_proj re-solved after truncation
     hybrid: bool = False  # attention + Mamba layers (Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2): vLLM's hybrid pages
+    calibration: Optional[dict[str, Any]] = None  # ghost checkpoints: the calibration spec ghost.json records
 
     @property
     def pruned(self) -> bool:
@@ -90,7 +91,7 @@ def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]]
     if ghost is not None:
         return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", cfg["state_size"])),
                          str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), origin,
-                         bool(ghost.get("refit")))
+                         bool(ghost.get("refit")), calibration=ghost.get("calibration") or {})
     if len(set(sizes)) > 1:  # per-layer sizes without ghost.json: pruned by someone, method unknown
         return PlanModel(name, cfg, sizes, int(cfg["state_size"]), "unknown", "explicit", origin)
     return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, origin)

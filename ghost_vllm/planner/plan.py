@@ -166,7 +166,7 @@ def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: P
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
     L, N = shape.num_hidden_layers, model.original_state_size
-    q = measured_quality(model.origin, method, sizes, s.results)
+    q = measured_quality(model.origin, method, sizes, s.results, model.calibration if model.pruned else None)
     return PlanRow(
         model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
         dtype=s.model_dtype(model), ssm_dtype=s.ssm_dtype(model), tensor_parallel_size=s.tensor_parallel_size,

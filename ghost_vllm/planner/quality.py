@@ -5,7 +5,9 @@ The measurements cover the two bundled models:
 * ``reference`` — WikiText-2 raw test token perplexity (first 131,072 tokens, seq 512) from ``fidelity/points.jsonl``
   (uniform, every method) and ``budgets/points.jsonl`` (uniform and adaptive GHOST);
 * ``recall`` — MQAR exact-match accuracy (256 held-out sequences per level) from ``recall/points.jsonl``.
-A variant matches a measurement by method (and refit) and the exact per-layer state sizes."""
+A variant matches a measurement by method (and refit) and the exact per-layer state sizes — and a checkpoint also by
+its recorded calibration (ghost.json), which must be the one the measurements used (:data:`MEASURED_CALIBRATION`):
+the same method and sizes calibrated on other data is another model."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["Quality", "default_results_dir", "measured_quality"]
+__all__ = ["Quality", "default_results_dir", "measured_quality", "MEASURED_CALIBRATION"]
 
+# the calibration every measured point used: benchmarks/fidelity.py and budgets.py calibrate on the reference text's
+# calibration half, 128 × 128 tokens, seed 0; benchmarks/recall.py on 128 MQAR training sequences × 512, seed 0
+MEASURED_CALIBRATION = {"reference": {"source": "reference", "nsamples": 128, "seq_len": 128, "seed": 0},
+                        "recall": {"source": "recall", "nsamples": 128, "seq_len": 512, "seed": 0}}
 PPL = "WikiText-2 token ppl (seq 512, 131,072 tokens)"
 RECALL = "MQAR recall accuracy (256 held-out sequences per level)"
 
@@ -102,10 +108,14 @@ def _recall(results: Path) -> tuple[Optional[float], Table]:
 
 
 def measured_quality(origin: Optional[str], method: str, state_sizes: Sequence[int],
-                     results: Optional[Path]) -> Optional[Quality]:
+                     results: Optional[Path], calibration: Optional[dict] = None) -> Optional[Quality]:
     """The measured quality of this variant of a bundled model (``origin`` 'reference' or 'recall'), or None.
-    ``method`` is 'dense', a pruning method, or '<method>+refit'."""
-    if origin is None or results is None:
+    ``method`` is 'dense', a pruning method, or '<method>+refit'; ``calibration`` a checkpoint's recorded calibration
+    spec (None for a what-if variant, which is priced as the benchmarks calibrate)."""
+    if origin is None or results is None or origin not in MEASURED_CALIBRATION:
+        return None
+    if calibration is not None and method != "dense" and any(
+            calibration.get(k) != v for k, v in MEASURED_CALIBRATION[origin].items()):
         return None
     dense, table = (_reference if origin == "reference" else _recall)(results)
     metric = PPL if origin == "reference" else RECALL

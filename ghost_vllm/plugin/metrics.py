@@ -38,9 +38,10 @@ def _metrics() -> SimpleNamespace:
                             "rank (conv + SSM, all layers, at the engine's cache dtypes)", m + ["variant"]),
         tp=Gauge("ghost:tensor_parallel_size", "Tensor-parallel ranks the state is sharded over", m),
         ratio=Gauge("ghost:state_reduction_ratio", "Original / pruned state bytes per sequence", m),
-        slots=Gauge("ghost:state_slots", "Sequence state slots the engine allocated (usable cache blocks)", m),
-        dense_slots=Gauge("ghost:dense_equivalent_state_slots", "State slots the original model would get in the same "
-                          "cache memory", m),
+        slots=Gauge("ghost:state_slots", "Sequences the engine's cache holds at once (pure Mamba2: usable cache "
+                    "blocks; hybrid: sequences of max_model_len tokens, attention KV and page padding included)", m),
+        dense_slots=Gauge("ghost:dense_equivalent_state_slots", "The same figure for the original (dense) model in the "
+                          "same cache memory", m),
         running=Gauge("ghost:num_requests_running", "Requests holding a state slot", m),
         waiting=Gauge("ghost:num_requests_waiting", "Requests waiting for a state slot", m),
         gen_tokens=Counter("ghost:generation_tokens", "Generated tokens", m),  # exported as ghost:generation_tokens_total
@@ -136,8 +137,44 @@ class GhostStatLogger(StatLoggerBase):
         blocks = int(getattr(cache, "num_gpu_blocks", 0) or 0)
         memory = getattr(cache, "kv_cache_memory_bytes", None)
         label = {"model_name": self.model_name}
+        hybrid = self._hybrid_slots(blocks, memory)
+        if hybrid is not None:
+            self.m.slots.labels(**label).set(hybrid[0])
+            self.m.dense_slots.labels(**label).set(hybrid[1])
+            return
         self.m.slots.labels(**label).set(max(0, blocks - 1))
         self.m.dense_slots.labels(**label).set(dense_equivalent_slots(blocks, self.pruned_bytes, self.dense_bytes, memory))
+
+    def _hybrid_slots(self, blocks: int, memory: Optional[int]) -> Optional[tuple[int, int]]:
+        """(sequences of max_model_len tokens held at once, the same for the original N) for a hybrid, with the
+        planner's hybrid arithmetic (the engine's page alignment, groups and attention KV); None for pure Mamba2."""
+        from ghost_vllm.families import family_for_config
+
+        hf = self.vllm_config.model_config.hf_config
+        family = family_for_config(hf)
+        tp = int(getattr(getattr(self.vllm_config, "parallel_config", None), "tensor_parallel_size", 1) or 1)
+        if not family.attention_layers(hf) or tp != 1:  # the hybrid arithmetic models TP 1
+            return None
+        try:
+            from vllm.platforms import current_platform
+
+            from ghost_vllm.planner.hybrid import hybrid_bytes
+
+            cfg = hf.to_dict()
+            conv, ssm = self._cache_dtypes()
+            mode = "align" if getattr(self.vllm_config.cache_config, "mamba_cache_mode", "none") == "align" else "none"
+            context = int(self.vllm_config.model_config.max_model_len)
+            platform = "cpu" if current_platform.is_cpu() else "cuda"
+            n0 = int(self.info.get("state_size_original", family.state_size(hf)))
+            mine = hybrid_bytes(cfg, context, dtype=conv, ssm_dtype=ssm, platform=platform, mamba_cache_mode=mode)
+            dense = hybrid_bytes({**cfg, family.state_key: n0}, context, dtype=conv, ssm_dtype=ssm, platform=platform,
+                                 mamba_cache_mode=mode)
+        except Exception as e:  # interface drift or an unmodelled layout: say so, report the engine's blocks only
+            log.warning("ghost metrics: hybrid slots not computed (%s); ghost:state_slots = cache blocks − 1", e)
+            return None
+        memory = memory or blocks * mine.layout.bytes_per_block
+        return (max(blocks - 1, 0) // mine.blocks,
+                max(dense.layout.num_blocks(memory) - 1, 0) // dense.blocks)
 
     def record(self, scheduler_stats, iteration_stats, *args, **kwargs) -> None:
         if not self.active:
