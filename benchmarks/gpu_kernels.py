@@ -84,74 +84,56 @@ def _median_ms(fn, device: str, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def time_decode(ops, shape: dict, n: int, batch: int, device: str, dtype, warmup: int, iters: int) -> float:
-    """One decode step of one layer: conv update + state update, ``batch`` sequences, cache lines 1..batch."""
+def _params(shape: dict, n: int, device: str, dtype, g):
     import torch
+
+    from ghost_vllm.kernels.check import MixerParams
 
     H, P, G, K = shape["num_heads"], shape["head_dim"], shape["n_groups"], shape["conv_kernel"]
     dim = H * P + 2 * G * n
-    g = torch.Generator(device=device).manual_seed(0)
     kw = dict(device=device, dtype=dtype)
-    conv_cache = torch.randn(batch + 1, K - 1, dim, generator=g, **kw)
-    ssm_cache = torch.randn(batch + 1, H, P, n, generator=g, **kw)
-    w, b = torch.randn(dim, K, generator=g, **kw), torch.randn(dim, generator=g, **kw)
-    A = -torch.rand(H, device=device, generator=g) - 0.5
-    D, dt_bias = torch.randn(H, device=device, generator=g), torch.randn(H, device=device, generator=g)
+    return MixerParams(torch.randn(dim, K, generator=g, **kw), torch.randn(dim, generator=g, **kw),
+                       -torch.rand(H, device=device, generator=g) - 0.5, torch.randn(H, device=device, generator=g),
+                       torch.randn(H, device=device, generator=g), P, G, n), dim
+
+
+def time_decode(ops, shape: dict, n: int, batch: int, device: str, dtype, warmup: int, iters: int) -> float:
+    """One decode step of one layer (:func:`~ghost_vllm.kernels.check.mixer_decode`: conv update + state update),
+    ``batch`` sequences on cache lines 1..batch."""
+    import torch
+
+    from ghost_vllm.kernels.check import mixer_decode
+
+    g = torch.Generator(device=device).manual_seed(0)
+    p, dim = _params(shape, n, device, dtype, g)
+    kw = dict(device=device, dtype=dtype)
+    conv_cache = torch.randn(batch + 1, shape["conv_kernel"] - 1, dim, generator=g, **kw)
+    ssm_cache = torch.randn(batch + 1, shape["num_heads"], shape["head_dim"], n, generator=g, **kw)
     xbc = torch.randn(batch, dim, generator=g, **kw)
-    dt = torch.randn(batch, H, generator=g, **kw)
+    dt = torch.randn(batch, shape["num_heads"], generator=g, **kw)
     idx = torch.arange(1, batch + 1, dtype=torch.int32, device=device)
-    out = torch.empty(batch, H, P, **kw)
-
-    def step():
-        conv = ops.causal_conv1d_update(xbc.clone(), conv_cache.transpose(-1, -2), w, b, "silu",
-                                        conv_state_indices=idx)
-        x, B, C = torch.split(conv, [H * P, G * n, G * n], dim=-1)
-        ops.selective_state_update(ssm_cache, x.reshape(batch, H, P), dt[:, :, None].expand(-1, -1, P),
-                                   A[:, None, None].expand(-1, P, n), B.reshape(batch, G, n), C.reshape(batch, G, n),
-                                   D[:, None].expand(-1, P), dt_bias[:, None].expand(-1, P), dt_softplus=True,
-                                   state_batch_indices=idx, dst_state_batch_indices=idx, out=out)
-
-    return _median_ms(step, device, warmup, iters)
+    return _median_ms(lambda: mixer_decode(ops, p, xbc, dt, conv_cache, ssm_cache, idx), device, warmup, iters)
 
 
 def time_prefill(ops, shape: dict, n: int, batch: int, seq_len: int, chunk: int, device: str, dtype, warmup: int,
                  iters: int) -> float:
+    """One prefill of one layer (:func:`~ghost_vllm.kernels.check.mixer_prefill`: conv + chunked SSD),
+    ``batch`` sequences of ``seq_len`` tokens; the batch metadata is built once, as vLLM's builder does."""
     import torch
 
-    from ghost_vllm.kernels.check import chunk_metadata, conv_metadata
+    from ghost_vllm.kernels.check import PrefillBatch, mixer_prefill
 
-    H, P, G, K = shape["num_heads"], shape["head_dim"], shape["n_groups"], shape["conv_kernel"]
-    dim, T = H * P + 2 * G * n, batch * seq_len
     g = torch.Generator(device=device).manual_seed(0)
+    p, dim = _params(shape, n, device, dtype, g)
     kw = dict(device=device, dtype=dtype)
-    conv_cache = torch.zeros(batch + 1, K - 1, dim, **kw)
-    ssm_cache = torch.zeros(batch + 1, H, P, n, **kw)
-    w, b = torch.randn(dim, K, generator=g, **kw), torch.randn(dim, generator=g, **kw)
-    A = -torch.rand(H, device=device, generator=g) - 0.5
-    D, dt_bias = torch.randn(H, device=device, generator=g), torch.randn(H, device=device, generator=g)
+    T = batch * seq_len
+    conv_cache = torch.zeros(batch + 1, shape["conv_kernel"] - 1, dim, **kw)
+    ssm_cache = torch.zeros(batch + 1, shape["num_heads"], shape["head_dim"], n, **kw)
     xbc = torch.randn(T, dim, generator=g, **kw)
-    dt = torch.randn(T, H, generator=g, **kw)
-    seqlens = [seq_len] * batch
-    i32 = dict(dtype=torch.int32, device=device)
-    qsl = torch.arange(0, T + 1, seq_len, **i32)
-    lines = torch.arange(1, batch + 1, **i32)
-    has_init = torch.zeros(batch, dtype=torch.bool, device=device)
-    cu, last, seq_idx = (torch.tensor(v, **i32) for v in chunk_metadata(seqlens, chunk))
-    meta = conv_metadata(seqlens, device, int(ops.PAD_SLOT_ID))
-    y = torch.empty(T, H, P, **kw)
-
-    def step():
-        conv = ops.causal_conv1d_fn(xbc.transpose(0, 1), w, b, conv_states=conv_cache.transpose(-1, -2),
-                                    query_start_loc=qsl, cache_indices=lines, has_initial_state=has_init,
-                                    activation="silu", metadata=meta).transpose(0, 1)
-        x, B, C = torch.split(conv, [H * P, G * n, G * n], dim=-1)
-        final = ops.mamba_chunk_scan_combined_varlen(
-            x.reshape(T, H, P), dt, A, B.reshape(T, G, n), C.reshape(T, G, n), chunk_size=chunk, D=D, z=None,
-            dt_bias=dt_bias, seq_idx=seq_idx, cu_seqlens=qsl, cu_chunk_seqlens=cu, last_chunk_indices=last,
-            initial_states=None, dt_softplus=True, dt_limit=(0.0, float("inf")), out=y, state_dtype=ssm_cache.dtype)
-        ssm_cache[lines.long()] = final.to(ssm_cache.dtype)
-
-    return _median_ms(step, device, warmup, iters)
+    dt = torch.randn(T, shape["num_heads"], generator=g, **kw)
+    meta = PrefillBatch.build([seq_len] * batch, torch.arange(1, batch + 1), [False] * batch, chunk, device,
+                              int(ops.PAD_SLOT_ID))
+    return _median_ms(lambda: mixer_prefill(ops, p, xbc, dt, conv_cache, ssm_cache, meta), device, warmup, iters)
 
 
 def prune_on_device(work: Path, tokenizer: Path, device: str, name: str, nsamples: int, seq_len: int,

@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def markdown(report: dict) -> str:
@@ -58,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
               f"model_executor/ (e.g. .venv/lib/python3.11/site-packages/vllm)", file=sys.stderr)
         return 2
 
+    from ghost_vllm.commands.io import write_text_atomic
     from ghost_vllm.kernels.cases import interpreter_cases
     from ghost_vllm.kernels.check import run_case
     from ghost_vllm.kernels.loader import interpreting, load_vllm_ops
@@ -88,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
               "interpreter": interpreting(), "tol": args.tol, "mismatch": args.mismatch, "cases": rows,
               "failed": failed}
     if args.json:
-        _write(args.json, json.dumps(report, indent=1))
+        write_text_atomic(args.json, json.dumps(report, indent=1))
     if args.md:
-        _write(args.md, markdown(report))
+        write_text_atomic(args.md, markdown(report))
     print(f"{len(cases) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -92,9 +92,9 @@ def product_state_sizes(dense: int) -> dict[int, list[str]]:
 def shard(shape: ModelShape, tp: int) -> tuple[int, int] | None:
     """(heads, groups) on one of ``tp`` ranks, or None where vLLM refuses the split (tp must divide the heads, and
     the groups unless n_groups is 1)."""
-    from ghost_vllm.mamba.layout import extra_groups
+    from ghost_vllm.mamba.layout import extra_groups, tp_shard_problem
 
-    if shape.num_heads % tp or (shape.n_groups % tp and shape.n_groups != 1):
+    if tp_shard_problem(shape.num_heads, shape.n_groups, tp):
         return None
     groups = shape.n_groups + extra_groups(shape.n_groups, tp)
     return shape.num_heads // tp, groups // tp

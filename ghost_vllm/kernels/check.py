@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ghost_vllm.mamba.reference import ssm_scan
 
-__all__ = ["KernelCase", "CaseResult", "chunk_metadata", "conv_metadata", "run_case"]
+__all__ = ["KernelCase", "CaseResult", "MixerParams", "PrefillBatch", "chunk_metadata", "conv_metadata",
+           "mixer_prefill", "mixer_decode", "run_case"]
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,91 @@ def _conv_ref(xbc: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, init: torc
     return F.silu(out), full[-(K - 1):]
 
 
-def _split(case: KernelCase, xbc: torch.Tensor):
-    """[..., dim] → x [..., H, P], B [..., G, N], C [..., G, N]."""
-    I, GN = case.num_heads * case.head_dim, case.n_groups * case.state_size
-    x, B, C = torch.split(xbc, [I, GN, GN], dim=-1)
-    lead = xbc.shape[:-1]
-    return (x.reshape(*lead, case.num_heads, case.head_dim), B.reshape(*lead, case.n_groups, case.state_size),
-            C.reshape(*lead, case.n_groups, case.state_size))
+@dataclass(frozen=True)
+class MixerParams:
+    """One rank's Mamba2 mixer parameters as vLLM holds them, and its shape."""
+
+    conv_w: torch.Tensor  # [dim, K]
+    conv_b: torch.Tensor  # [dim]
+    A: torch.Tensor  # [H], negative
+    D: torch.Tensor  # [H]
+    dt_bias: torch.Tensor  # [H]
+    head_dim: int
+    n_groups: int
+    state_size: int
+
+    def split(self, xbc: torch.Tensor):
+        """[..., dim] → x [..., H, P], B [..., G, N], C [..., G, N] (contiguous)."""
+        H, P, G, N = self.A.numel(), self.head_dim, self.n_groups, self.state_size
+        x, B, C = torch.split(xbc, [H * P, G * N, G * N], dim=-1)
+        lead = xbc.shape[:-1]
+        return (x.reshape(*lead, H, P).contiguous(), B.reshape(*lead, G, N).contiguous(),
+                C.reshape(*lead, G, N).contiguous())
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """A prefill batch's metadata as vLLM's Mamba2 metadata builder makes it (built once per batch)."""
+
+    seqlens: tuple[int, ...]
+    query_start_loc: torch.Tensor  # [b+1] int32
+    lines: torch.Tensor  # [b] int32, each sequence's cache line
+    has_initial_state: torch.Tensor  # [b] bool
+    chunk_size: int
+    cu_chunk_seqlens: torch.Tensor
+    last_chunk_indices: torch.Tensor
+    seq_idx: torch.Tensor
+    conv_meta: SimpleNamespace
+
+    @classmethod
+    def build(cls, seqlens, lines, has_initial_state, chunk_size: int, device: str, pad_slot_id: int):
+        i32 = dict(dtype=torch.int32, device=device)
+        cu, last, seq_idx = chunk_metadata(list(seqlens), chunk_size)
+        qsl = torch.tensor([0, *torch.tensor(list(seqlens)).cumsum(0).tolist()], **i32)
+        return cls(tuple(seqlens), qsl, torch.as_tensor(lines).to(**i32),
+                   torch.as_tensor(has_initial_state, dtype=torch.bool).to(device), chunk_size,
+                   torch.tensor(cu, **i32), torch.tensor(last, **i32), torch.tensor(seq_idx, **i32),
+                   conv_metadata(list(seqlens), device, pad_slot_id))
+
+
+def mixer_prefill(ops, p: MixerParams, xbc: torch.Tensor, dt_raw: torch.Tensor, conv_cache: torch.Tensor,
+                  ssm_cache: torch.Tensor, batch: PrefillBatch):
+    """What ``MambaMixer2`` runs for a prefill batch: conv (channel-last x, the [L, K-1, dim] conv cache handed over
+    transposed) then the chunked SSD with initial states from the cache and dt bias + softplus; the final states are
+    written back to the sequences' lines. xbc [T, dim], dt_raw [T, H] → (conv out [T, dim], y [T, H, P],
+    final states [b, H, P, N])."""
+    conv_out = ops.causal_conv1d_fn(xbc.transpose(0, 1), p.conv_w, p.conv_b, conv_states=conv_cache.transpose(-1, -2),
+                                    query_start_loc=batch.query_start_loc, cache_indices=batch.lines,
+                                    has_initial_state=batch.has_initial_state, activation="silu",
+                                    metadata=batch.conv_meta).transpose(0, 1)
+    x, B, C = p.split(conv_out)
+    lines = batch.lines.long()
+    init = torch.where(batch.has_initial_state[:, None, None, None], ssm_cache[lines], 0.0)
+    y = torch.empty(*x.shape, device=x.device, dtype=x.dtype)
+    final = ops.mamba_chunk_scan_combined_varlen(
+        x, dt_raw, p.A, B, C, chunk_size=batch.chunk_size, D=p.D, z=None, dt_bias=p.dt_bias, seq_idx=batch.seq_idx,
+        cu_seqlens=batch.query_start_loc, cu_chunk_seqlens=batch.cu_chunk_seqlens,
+        last_chunk_indices=batch.last_chunk_indices, initial_states=init, dt_softplus=True,
+        dt_limit=(0.0, float("inf")), out=y, state_dtype=ssm_cache.dtype)
+    ssm_cache[lines] = final.to(ssm_cache.dtype)
+    return conv_out, y, final
+
+
+def mixer_decode(ops, p: MixerParams, xbc: torch.Tensor, dt_raw: torch.Tensor, conv_cache: torch.Tensor,
+                 ssm_cache: torch.Tensor, slots: torch.Tensor):
+    """What ``MambaMixer2`` runs for one decode token per sequence: conv update and the state update in place on
+    the cache lines ``slots`` (entries equal to the null block are padding). xbc [b, dim], dt_raw [b, H] →
+    (conv out [b, dim], y [b, H, P])."""
+    P, N = p.head_dim, p.state_size
+    conv_out = ops.causal_conv1d_update(xbc.clone(), conv_cache.transpose(-1, -2), p.conv_w, p.conv_b, "silu",
+                                        conv_state_indices=slots)
+    x, B, C = p.split(conv_out)
+    y = torch.zeros(*x.shape, device=x.device, dtype=x.dtype)
+    ops.selective_state_update(
+        ssm_cache, x, dt_raw[:, :, None].expand(-1, -1, P), p.A[:, None, None].expand(-1, P, N), B, C,
+        p.D[:, None].expand(-1, P), p.dt_bias[:, None].expand(-1, P), dt_softplus=True, state_batch_indices=slots,
+        dst_state_batch_indices=slots, out=y)
+    return conv_out, y
 
 
 def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
@@ -141,6 +220,7 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
     conv_w, conv_b = rand(dim, K, scale=0.5), rand(dim, scale=0.1)
     A = -torch.exp(rand(H, scale=0.5))
     D, dt_bias = rand(H), rand(H, scale=0.5)
+    params = MixerParams(conv_w, conv_b, A, D, dt_bias, P, case.n_groups, N)
     # cache: L lines, line 0 = the null block; vLLM's conv cache is [L, K-1, dim], handed over transposed
     L = 2 * b + 2
     conv_cache = rand(L, K - 1, dim)
@@ -154,26 +234,10 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
     # ---- prefill -------------------------------------------------------------------------------------------------
     xbc = rand(T, dim)  # what in_proj hands the conv, [T, dim] (contiguous, channel-last for the kernel)
     dt_raw = rand(T, H, scale=0.5)
-    qsl = torch.tensor([0, *torch.tensor(case.seqlens).cumsum(0).tolist()], dtype=torch.int32)
-    has_init = torch.tensor(case.initial, dtype=torch.bool)
+    batch = PrefillBatch.build(case.seqlens, lines, case.initial, case.chunk_size, device, int(ops.PAD_SLOT_ID))
+    qsl = batch.query_start_loc.cpu()
     conv_before, ssm_before = conv_cache.clone(), ssm_cache.clone()
-    conv_state = conv_cache.transpose(-1, -2)  # [L, dim, K-1] view, as mamba_mixer2 passes it
-    conv_out = ops.causal_conv1d_fn(xbc.transpose(0, 1), conv_w, conv_b, conv_states=conv_state,
-                                    query_start_loc=qsl.to(device), cache_indices=lines.to(torch.int32).to(device),
-                                    has_initial_state=has_init.to(device), activation="silu",
-                                    metadata=conv_metadata(list(case.seqlens), device, int(ops.PAD_SLOT_ID))).transpose(0, 1)
-    x_p, B_p, C_p = _split(case, conv_out)
-    cu, last, seq_idx = chunk_metadata(list(case.seqlens), case.chunk_size)
-    i32 = dict(dtype=torch.int32, device=device)
-    init_states = torch.where(has_init.to(device)[:, None, None, None], ssm_cache[lines.to(device)], 0.0)
-    y_p = torch.empty(T, H, P, device=device, dtype=torch.float32)
-    final = ops.mamba_chunk_scan_combined_varlen(
-        x_p.contiguous(), dt_raw, A, B_p.contiguous(), C_p.contiguous(), chunk_size=case.chunk_size, D=D, z=None,
-        dt_bias=dt_bias, seq_idx=torch.tensor(seq_idx, **i32), cu_seqlens=qsl.to(device),
-        cu_chunk_seqlens=torch.tensor(cu, **i32), last_chunk_indices=torch.tensor(last, **i32),
-        initial_states=init_states, dt_softplus=True, dt_limit=(0.0, float("inf")), out=y_p,
-        state_dtype=torch.float32)
-    ssm_cache[lines.to(device)] = final  # what the mixer does with the final states
+    conv_out, y_p, final = mixer_prefill(ops, params, xbc, dt_raw, conv_cache, ssm_cache, batch)
 
     # reference, per sequence, float64
     ref_conv, ref_y, ref_final, ref_conv_state = [], [], [], []
@@ -184,7 +248,7 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
         out, new_c = _conv_ref(xbc[s:e].double().cpu(), conv_w.double().cpu(), conv_b.double().cpu(), init_c)
         ref_conv.append(out)
         ref_conv_state.append(new_c)
-        xs, Bs, Cs = _split(case, out)
+        xs, Bs, Cs = params.split(out)
         Bs, Cs = Bs[..., :n_ref], Cs[..., :n_ref]
         dts = F.softplus(dt_raw[s:e].double().cpu() + dt_bias.double().cpu())
         h0 = ssm_before[line].double().cpu()[..., :n_ref] if case.initial[i] else None
@@ -205,16 +269,9 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
     xbc_d = rand(nb, dim)
     dt_d_raw = rand(nb, H, scale=0.5)
     conv_before, ssm_before = conv_cache.clone(), ssm_cache.clone()
-    conv_d = ops.causal_conv1d_update(xbc_d.clone(), conv_cache.transpose(-1, -2), conv_w, conv_b, "silu",
-                                      conv_state_indices=slots.to(device))
-    x_d, B_d, C_d = _split(case, conv_d)
-    y_d = torch.zeros(nb, H, P, device=device, dtype=torch.float32)
     launch = ops.mamba_ssm.try_get_optimal_ssm_config(P, N, nb, H, "float32", False)
     result.ssu_launch = (int(launch[0]), int(launch[1]))
-    ops.selective_state_update(
-        ssm_cache, x_d.contiguous(), dt_d_raw[:, :, None].expand(-1, -1, P), A[:, None, None].expand(-1, P, N),
-        B_d.contiguous(), C_d.contiguous(), D[:, None].expand(-1, P), dt_bias[:, None].expand(-1, P),
-        dt_softplus=True, state_batch_indices=slots.to(device), dst_state_batch_indices=slots.to(device), out=y_d)
+    conv_d, y_d = mixer_decode(ops, params, xbc_d, dt_d_raw, conv_cache, ssm_cache, slots.to(device))
 
     ref_cd, ref_yd, ref_hd, ref_cs = [], [], [], []
     for j in torch.nonzero(real).flatten().tolist():
@@ -223,7 +280,7 @@ def run_case(ops, case: KernelCase, device: str = "cpu", seed: int = 0,
                                conv_before[line].double().cpu())
         ref_cd.append(out[0])
         ref_cs.append(new_c)
-        xs, Bs, Cs = _split(case, out)
+        xs, Bs, Cs = params.split(out)
         dts = F.softplus(dt_d_raw[j:j + 1].double().cpu() + dt_bias.double().cpu())
         y, h = ssm_scan(xs[None], dts[None], A64, Bs[None, ..., :n_ref], Cs[None, ..., :n_ref], D64,
                         initial_state=ssm_before[line].double().cpu()[None, ..., :n_ref])

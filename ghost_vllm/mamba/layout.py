@@ -10,12 +10,22 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["InProjLayout", "extra_groups"]
+__all__ = ["InProjLayout", "extra_groups", "tp_shard_problem"]
 
 
 def extra_groups(n_groups: int, tp: int) -> int:
     """vLLM's ``extra_groups_for_head_shards``: groups added so that every TP rank holds one when tp ∤ n_groups."""
     return 0 if n_groups % tp == 0 else tp - n_groups
+
+
+def tp_shard_problem(num_heads: int, n_groups: int, tp: int) -> str:
+    """Why vLLM cannot shard a Mamba2 mixer over ``tp`` ranks ('' when it can): ``MambaMixer2`` asserts that tp
+    divides the heads, and the groups unless n_groups is 1 (then every rank gets a copy)."""
+    if num_heads % tp:
+        return f"does not divide the model's {num_heads} Mamba heads"
+    if n_groups % tp and n_groups != 1:
+        return f"neither divides the model's n_groups {n_groups} nor can replicate it (vLLM replicates only n_groups 1)"
+    return ""
 
 
 @dataclass(frozen=True)

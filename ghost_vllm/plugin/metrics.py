@@ -158,7 +158,7 @@ class GhostStatLogger(StatLoggerBase):
         try:
             from vllm.platforms import current_platform
 
-            from ghost_vllm.planner.hybrid import hybrid_bytes
+            from ghost_vllm.planner.hybrid import hybrid_bytes, sequences_in
 
             cfg = hf.to_dict()
             conv, ssm = self._cache_dtypes()
@@ -173,8 +173,7 @@ class GhostStatLogger(StatLoggerBase):
             log.warning("ghost metrics: hybrid slots not computed (%s); ghost:state_slots = cache blocks − 1", e)
             return None
         memory = memory or blocks * mine.layout.bytes_per_block
-        return (max(blocks - 1, 0) // mine.blocks,
-                max(dense.layout.num_blocks(memory) - 1, 0) // dense.blocks)
+        return max(blocks - 1, 0) // mine.blocks, sequences_in(memory, dense)
 
     def record(self, scheduler_stats, iteration_stats, *args, **kwargs) -> None:
         if not self.active:

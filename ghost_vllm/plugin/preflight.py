@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.mamba.layout import extra_groups
+from ghost_vllm.mamba.layout import extra_groups, tp_shard_problem
 
 __all__ = ["ServeChoices", "flashinfer_ssu_problem", "tensor_parallel_sizes", "preflight", "preflight_vllm_config"]
 
@@ -54,11 +54,9 @@ def flashinfer_ssu_problem(state_size: int, head_dim: int, heads_per_group: int,
 
 
 def _tp_problem(heads: int, groups: int, attention_heads: int, tp: int) -> str:
-    if heads % tp:
-        return f"does not divide the model's {heads} Mamba heads"
-    if groups % tp and groups != 1:
-        return (f"neither divides the model's n_groups {groups} nor can replicate it (vLLM replicates only "
-                f"n_groups 1)")
+    problem = tp_shard_problem(heads, groups, tp)
+    if problem:
+        return problem
     if attention_heads and attention_heads % tp:
         return f"does not divide the model's {attention_heads} attention heads"
     return ""
