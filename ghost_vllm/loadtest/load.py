@@ -112,7 +112,12 @@ async def run_level(base_url: str, model: str, prompts: list[list[int]], max_tok
         before = await scrape(http, base_url)
         client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0,
                                     timeout=request_timeout_s, http_client=httpx.AsyncClient(limits=httpx.Limits(
-                                        max_connections=max(concurrency, 1) + 8)))
+                                        max_connections=max(concurrency, 1) + 8,
+                                        # a fresh connection per request: reusing one the server is closing after
+                                        # a finished stream fails the next request with "Connection error" before
+                                        # it reaches the server (seen under load on 2 cores); a loopback connect
+                                        # costs far less than a generated token
+                                        max_keepalive_connections=0)))
         t0 = time.perf_counter()
         stop = threading.Event()
         scraper = threading.Thread(target=_scraper, args=(base_url, peaks, stop, t0, scrape_interval_s), daemon=True)
