@@ -31,7 +31,8 @@ from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
-from ghost_vllm.pipeline import prune_model
+import ghost_vllm
+from ghost_vllm.recipe import SelectionSpec
 from ghost_vllm.selection import kept_count
 from ghost_vllm.state import state_size_of
 
@@ -75,7 +76,7 @@ def run_variant(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor
     elif variant == "score_mass":
         sizes = score_mass_sizes(scores, uniform_n, args.multiple_of)
     elif variant == "joint_fisher":  # ablation: removed sets priced jointly (allocation.joint_cost_curves)
-        from ghost_vllm.pipeline import mask_gradients
+        from ghost_vllm.stats.gradients import mask_gradients
 
         grads = mask_gradients(model, calib, args.batch_size, progress=False)
         cands = candidate_sizes(N, args.multiple_of, args.multiple_of)
@@ -83,7 +84,8 @@ def run_variant(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor
                          args.multiple_of)
         alloc_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    report = prune_model(model, calib, "ghost", kappa, args.multiple_of, 0, args.batch_size, False, state_sizes=sizes)
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, state_sizes=sizes)
+    report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
     t2 = time.perf_counter()
     sizes = report.state_sizes
     cfg = {k: getattr(model.config, k) for k in ("hidden_size", "num_heads", "head_dim", "n_groups",

@@ -29,7 +29,8 @@ from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import lambada_accuracy, perplexity_of_text
-from ghost_vllm.pipeline import prune_model
+import ghost_vllm
+from ghost_vllm.recipe import SelectionSpec
 
 log = logging.getLogger("fidelity")
 
@@ -89,8 +90,8 @@ def run_point(p: dict, model_dir: Path, tok, calib_texts: list[str], wiki: str, 
         calib = make_windows(calib_texts, tok, p["nsamples"], p["seq_len"], 0, args.calibration)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            report = prune_model(model, calib.tokens, p["method"], p["sparsity"], seed=p["seed"],
-                                 batch_size=args.batch_size, progress=False)
+            sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"])
+            report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
             out["calibration_s"] = time.perf_counter() - t0
         out["peak_rss_growth_bytes"] = mem.peak_growth
         out["state_size"] = report.state_size

@@ -43,7 +43,8 @@ from ghost_vllm.calib import load_texts, make_windows  # noqa: E402
 from ghost_vllm.checkpoint import load_model, load_tokenizer  # noqa: E402
 from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text  # noqa: E402
-from ghost_vllm.pipeline import RefitSpec, prune_model  # noqa: E402
+import ghost_vllm  # noqa: E402
+from ghost_vllm.recipe import SelectionSpec  # noqa: E402
 from ghost_vllm.selection import kept_count  # noqa: E402
 
 log = logging.getLogger("frontier")
@@ -69,8 +70,8 @@ def build(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor, args
         uniform_n = kept_count(int(model.config.state_size), kappa, args.multiple_of)
         sizes = adaptive_state_sizes(model, calib, args.batch_size, uniform_n, args.multiple_of, args.multiple_of,
                                      progress=False).state_sizes
-    report = prune_model(model, calib, "ghost", kappa, args.multiple_of, 0, args.batch_size, False, state_sizes=sizes,
-                         refit=RefitSpec() if variant == "ghost+refit" else None)
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, state_sizes=sizes, refit=variant == "ghost+refit")
+    report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
     return model, report.state_sizes
 
 

@@ -25,7 +25,8 @@ from ghost_vllm.checkpoint import load_model, load_tokenizer, source_hash
 from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
 from ghost_vllm.families import family_for_config
-from ghost_vllm.pipeline import prune_model
+import ghost_vllm
+from ghost_vllm.recipe import SelectionSpec
 
 log = logging.getLogger("hybrid_fidelity")
 
@@ -41,8 +42,8 @@ def run_point(p: dict, model_dir: Path, tok, calib_texts: list[str], wiki: str, 
     if p["method"] != "dense":
         calib = make_windows(calib_texts, tok, args.nsamples, args.seq_len, 0, args.calibration)
         t0 = time.perf_counter()
-        report = prune_model(model, calib.tokens, p["method"], p["sparsity"], seed=p["seed"],
-                             batch_size=args.batch_size, progress=False)
+        sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"])
+        report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
         out["calibration_s"] = time.perf_counter() - t0
         out["kept"] = [layer.kept for layer in report.layers]
     out["state_size"] = family.state_size(model.config)

@@ -27,7 +27,8 @@ from ghost_vllm import __version__  # noqa: E402
 from ghost_vllm.allocation import adaptive_state_sizes  # noqa: E402
 from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers  # noqa: E402
 from ghost_vllm.checkpoint import load_model  # noqa: E402
-from ghost_vllm.pipeline import RefitSpec, prune_model  # noqa: E402
+import ghost_vllm  # noqa: E402
+from ghost_vllm.recipe import SelectionSpec  # noqa: E402
 from ghost_vllm.recall import MODEL_DIR  # noqa: E402
 from ghost_vllm.recall.evaluate import calibration_windows, model_predictor, recall_accuracy  # noqa: E402
 from ghost_vllm.selection import kept_count  # noqa: E402
@@ -87,8 +88,8 @@ def main() -> None:
                 n = kept_count(N, kappa, args.multiple_of)
                 sizes = adaptive_state_sizes(model, calib, 16, n, args.multiple_of, args.multiple_of,
                                              progress=False).state_sizes
-            report = prune_model(model, calib, method, kappa, args.multiple_of, seed, 16, False, state_sizes=sizes,
-                                 refit=RefitSpec() if variant == "refit" else None)
+            sel = SelectionSpec(method, kappa, args.multiple_of, seed, state_sizes=sizes, refit=variant == "refit")
+            report = ghost_vllm.prune(model, calib, sel, batch_size=16, progress=False).report
             seconds = time.perf_counter() - t0
             r = recall_accuracy(model_predictor(model), args.sequences)
             record({"name": name, "method": method, "seed": seed, "variant": variant, "sparsity": kappa,

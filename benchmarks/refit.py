@@ -28,7 +28,9 @@ from ghost_vllm.calib import load_texts, make_windows
 from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.sources import resolve_model_path
 from ghost_vllm.evaluate import perplexity_of_text
-from ghost_vllm.pipeline import RefitSpec, prune_model
+import ghost_vllm
+from ghost_vllm.recipe import SelectionSpec
+from ghost_vllm.refit import RefitSpec
 from ghost_vllm.reference import CALIBRATION_TEXT, VALIDATION_TEXT
 
 log = logging.getLogger("refit")
@@ -49,8 +51,9 @@ def evaluate(model, args) -> dict:
 def run_variant(model_dir: Path, variant: str, kappa: float, calib, args) -> dict:
     model = load_model(model_dir)
     t0 = time.perf_counter()
-    report = prune_model(model, calib, "ghost", kappa, args.multiple_of, 0, args.batch_size, False,
-                         refit=VARIANTS[variant])
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, refit=VARIANTS[variant] is not None)
+    report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False,
+                              refit=VARIANTS[variant]).report
     seconds = time.perf_counter() - t0
     row = {"variant": variant, "sparsity": kappa, "state_size": report.state_size, "calibration_s": seconds,
            "refit": [r.to_dict() for r in report.refit], "version": __version__}

@@ -121,7 +121,7 @@ def allocate(costs: torch.Tensor, candidates: Sequence[int], budget: int, unit: 
 def adaptive_state_sizes(model, tokens: torch.Tensor, batch_size: int, uniform_state_size: int, multiple_of: int,
                          min_state_size: int, progress: bool = True) -> Allocation:
     """Measure the per-channel Fisher on ``tokens [n, T]`` and allocate ``L · uniform_state_size`` channels."""
-    from ghost_vllm.pipeline import mask_gradients
+    from ghost_vllm.stats.gradients import mask_gradients
 
     t0 = time.perf_counter()
     N = int(model.config.state_size)

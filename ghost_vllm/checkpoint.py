@@ -1,5 +1,6 @@
-"""Reading model directories (once :mod:`ghost_vllm.sources` has resolved the name) (validated cheaply before any weight is loaded) and writing ghost checkpoints
-atomically (temporary directory beside the target, renamed at the end) with ``ghost.json`` provenance."""
+"""Reading model directories once :mod:`ghost_vllm.sources` has resolved the name (config and safetensors headers
+validated cheaply before any weight is loaded; the family checks its own keys and loads its own class) and writing
+ghost checkpoints atomically (temporary directory beside the target, renamed at the end) with ``ghost.json``."""
 
 from __future__ import annotations
 
@@ -12,16 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
-from ghost_vllm.errors import CheckpointError, ModelError, OutputError
-from ghost_vllm.mamba.budgets import config_state_sizes
+from ghost_vllm.errors import ModelError, OutputError
+from ghost_vllm.families import model_family
+from ghost_vllm.ghost_format import mark_ghost_config, write_ghost_json
 from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id
-from ghost_vllm.weights import safetensors_header
+from ghost_vllm.weights import safetensors_files, safetensors_header
 
 __all__ = [
-    "GHOST_ARCHITECTURE",
-    "GHOST_FILE",
     "resolve_tokenizer_path",
     "read_config",
     "weight_shapes",
@@ -31,17 +29,12 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "write_checkpoint",
-    "read_ghost_json",
     "clean_stale_temporaries",
     "apply_umask",
     "check_output_location",
 ]
 
 log = logging.getLogger(__name__)
-
-GHOST_ARCHITECTURE = "GhostMamba2ForCausalLM"
-GHOST_FILE = "ghost.json"
-
 
 def read_config(model_dir: Path) -> dict[str, Any]:
     if not model_dir.is_dir():
@@ -56,18 +49,6 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ModelError(f"{cfg_path}: expected a JSON object")
     return cfg
-
-
-def _safetensors_files(model_dir: Path) -> list[Path]:
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        if (model_dir / "pytorch_model.bin").exists():
-            raise ModelError(
-                f"{model_dir}: only pytorch_model.bin (a pickle) is present; convert it to safetensors first — "
-                f"pickles from untrusted sources can execute code, so ghost_vllm never loads them"
-            )
-        raise ModelError(f"{model_dir}: no *.safetensors weight files")
-    return files
 
 
 def check_safetensors_complete(path: Path) -> None:
@@ -91,7 +72,7 @@ def weight_shapes(model_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     from safetensors import safe_open
 
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
-    for f in _safetensors_files(model_dir):
+    for f in safetensors_files(model_dir):
         check_safetensors_complete(f)
         try:
             with safe_open(str(f), framework="pt") as h:
@@ -116,22 +97,6 @@ def _expected_mixer_shapes(layout, N: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def model_family(cfg: dict[str, Any], where: str = "config.json"):
-    """The :class:`~ghost_vllm.families.Family` of a config dict, its Mamba layers and mixer layout checked
-    (:class:`ModelError` naming the supported families, or the config key that is wrong)."""
-    from ghost_vllm.families import family_for_config
-
-    family = family_for_config(cfg, where)
-    try:
-        family.layout(cfg)
-        if not family.mamba_layers(cfg):
-            raise ValueError("no Mamba2 layer in the layer pattern")
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelError(f"{where}: not a valid {family.hf_architectures[0]} config ({e}); restore the original "
-                         f"config.json") from None
-    return family
-
-
 def mixer_prefix(family, cfg: dict[str, Any], layer: int, shapes: dict[str, Any], where: Path) -> str:
     """The on-disk prefix of layer ``layer``'s mixer tensors (the family may know several spellings)."""
     for prefix in family.mixer_prefixes(cfg, layer):
@@ -142,31 +107,16 @@ def mixer_prefix(family, cfg: dict[str, Any], layer: int, shapes: dict[str, Any]
 
 
 def validate_model_dir(model_dir: Path) -> dict[str, Any]:
-    """Check config and the Mamba2 mixers' weight shapes of a HF model directory of a supported family; return the
-    config. Loads no weights."""
+    """Check config and the Mamba2 mixers' weight shapes of a HF model directory of a supported family (the family
+    checks its own keys and tensors); return the config. Loads no weights."""
     cfg = read_config(model_dir)
-    family = model_family(cfg, f"{model_dir}/config.json")
-    if family.name != "mamba2":
-        sizes = family.state_sizes(cfg, f"{model_dir}/config.json")
-        _check_mixer_shapes(model_dir, family, cfg, sizes, weight_shapes(model_dir))
-        return cfg
-    for key in ("hidden_size", "num_hidden_layers", "num_heads", "head_dim", "n_groups", "state_size"):
-        v = cfg.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ModelError(f"{model_dir}/config.json: {key} = {v!r}; expected a positive integer")
-    if cfg["num_heads"] % cfg["n_groups"]:
-        raise ModelError(f"{model_dir}/config.json: n_groups {cfg['n_groups']} does not divide num_heads {cfg['num_heads']}")
-    expand = cfg.get("expand", 2)
-    if cfg["num_heads"] * cfg["head_dim"] != int(expand * cfg["hidden_size"]):
-        raise ModelError(
-            f"{model_dir}/config.json: num_heads·head_dim = {cfg['num_heads'] * cfg['head_dim']} but "
-            f"expand·hidden_size = {int(expand * cfg['hidden_size'])}; the config is inconsistent"
-        )
-    sizes = config_state_sizes(cfg, f"{model_dir}/config.json")
+    where = f"{model_dir}/config.json"
+    family = model_family(cfg, where)
+    family.check_config(cfg, where)
+    sizes = family.state_sizes(cfg, where)
     shapes = weight_shapes(model_dir)
     _check_mixer_shapes(model_dir, family, cfg, sizes, shapes)
-    if not any(k.startswith("backbone.embedding") for k in shapes):
-        raise ModelError(f"{model_dir}: no embedding tensor (backbone.embeddings.weight) in the safetensors files")
+    family.check_tensors(shapes, model_dir)
     return cfg
 
 
@@ -189,7 +139,7 @@ def source_hash(model_dir: Path, any_weights: bool = False) -> str:
     """sha256 over config.json and the safetensors files (in name order); ``any_weights`` also admits
     ``pytorch_model.bin`` (hashed as bytes, never unpickled)."""
     h = hashlib.sha256()
-    weights = sorted(model_dir.glob("*.safetensors")) if any_weights else _safetensors_files(model_dir)
+    weights = sorted(model_dir.glob("*.safetensors")) if any_weights else safetensors_files(model_dir)
     if any_weights and not weights:
         weights = sorted(model_dir.glob("pytorch_model*.bin"))
     for f in [model_dir / "config.json", *weights]:
@@ -201,49 +151,9 @@ def source_hash(model_dir: Path, any_weights: bool = False) -> str:
 
 
 def load_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
-    """Validated ``Mamba2ForCausalLM`` in eval mode, group-wise gated norm patched in when ``n_groups > 1``. The
-    safetensors are read tensor by tensor into the module (see :mod:`ghost_vllm.weights`): one copy of the model in
-    memory, none mapped beside it (``from_pretrained`` keeps the mapped file resident beside its copies on CPU)."""
-    from transformers import Mamba2Config
-
-    from ghost_vllm.weights import TORCH_DTYPES, assemble_mamba2, read_safetensors
-
+    """The validated model of a Hugging Face directory, loaded by its family (:meth:`Family.load`), in eval mode."""
     cfg = validate_model_dir(model_dir)
-    if cfg.get("model_type") != "mamba2":
-        return _load_family_model(model_dir, cfg, dtype, device)
-    sizes = config_state_sizes(cfg)
-    target = None if dtype == "auto" else TORCH_DTYPES[dtype]
-    sd: dict[str, torch.Tensor] = {}
-    for f in _safetensors_files(model_dir):
-        sd.update(read_safetensors(f, target))
-    config = Mamba2Config.from_pretrained(str(model_dir), local_files_only=True)
-    if target is None:  # auto: the config's dtype, as from_pretrained does, else the stored one
-        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
-        target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
-    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes)
-
-
-def _load_family_model(model_dir: Path, cfg: dict[str, Any], dtype: str, device: str):
-    """A hybrid family's own transformers class (chosen by model_type; never remote code), safetensors only."""
-    from transformers import AutoModelForCausalLM
-
-    from ghost_vllm.families import family_for_config
-    from ghost_vllm.weights import TORCH_DTYPES
-
-    _safetensors_files(model_dir)  # refuses pickles before transformers could look at them
-    torch_dtype = "auto" if dtype == "auto" else TORCH_DTYPES[dtype]
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True,
-                                                     use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{model_dir}: transformers could not load it ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0][:200]})") from None
-    model = model.to(device).eval()
-    family_for_config(cfg).prepare_model(model)
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise ModelError(f"{model_dir}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
-    return model
+    return model_family(cfg, f"{model_dir}/config.json").load(model_dir, cfg, dtype, device)
 
 
 def resolve_tokenizer_path(override: str) -> Path:
@@ -274,16 +184,6 @@ def load_tokenizer(model_dir: Path, override: Optional[str] = None):
     raise ModelError(f"{where}: no tokenizer (tokenizer.json); pass --tokenizer with a tokenizer.json, a directory or a "
                      f"Hub id (the state-spaces mamba2 checkpoints ship none; theirs is EleutherAI/gpt-neox-20b, "
                      f"e.g. ../shared/data/tokenizers/gpt-neox-20b.json)")
-
-
-def read_ghost_json(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / GHOST_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no {GHOST_FILE}; this is not a ghost checkpoint (create one with 'ghost-vllm prune')")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); re-run 'ghost-vllm prune'") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -358,11 +258,7 @@ def write_checkpoint(
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        from ghost_vllm.families import family_for_config
-
-        # model_type stays the family's: transformers still loads it with the family's own class
-        cfg["architectures"] = [family_for_config(cfg).ghost_architecture]
+        cfg = mark_ghost_config(json.loads(cfg_path.read_text(encoding="utf-8")))
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         tok_src = Path(tokenizer_override) if tokenizer_override else source_dir
         if tok_src.is_file():
@@ -371,7 +267,7 @@ def write_checkpoint(
             for name in TOKENIZER_FILES:
                 if (tok_src / name).is_file():
                     shutil.copy(tok_src / name, tmp / name)
-        (tmp / GHOST_FILE).write_text(json.dumps(ghost, indent=1) + "\n", encoding="utf-8")
+        write_ghost_json(tmp, ghost)
         apply_umask(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

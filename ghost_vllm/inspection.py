@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ghost_vllm.checkpoint import GHOST_FILE, read_config, read_ghost_json, weight_shapes
+from ghost_vllm.checkpoint import weight_shapes
+from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
 
@@ -15,7 +16,7 @@ __all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection"]
 
 def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
     """N of every Mamba layer (the family's Mamba layers, in order), from ``in_proj`` rows = 2I + 2GN + H."""
-    from ghost_vllm.checkpoint import model_family
+    from ghost_vllm.families import model_family
 
     family = model_family(cfg, f"{model_dir}/config.json")
     layout = family.layout(cfg)
@@ -35,22 +36,19 @@ def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
 
 
 def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, Any]:
-    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, is_mamba_ssm_dir
+    from ghost_vllm.sources import resolve
 
-    if is_mamba_ssm_dir(model_dir):  # state-spaces layout: shapes follow from the config (weights may be a pickle)
-        cfg = {**hf_config_from_mamba_ssm(read_config(model_dir)), "architectures": ["mamba_ssm layout"],
-               "model_type": "mamba2"}
-        cfg["dtype"] = dtype or "bfloat16"
+    source = resolve(str(model_dir))
+    cfg = source.config
+    if source.format == "mamba_ssm":  # state-spaces layout: shapes follow from the config (weights may be a pickle)
+        cfg = {**cfg, "architectures": ["mamba_ssm layout"], "dtype": dtype or "bfloat16"}
         per_layer = [cfg["state_size"]] * cfg["num_hidden_layers"]
     else:
-        cfg = read_config(model_dir)
         per_layer = layer_state_sizes(model_dir, cfg)
-    from ghost_vllm.checkpoint import model_family
-
-    family = model_family(cfg)
+    family = source.family
     dtype = dtype or str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
     ssm_dtype = family.default_ssm_cache_dtype(cfg) or dtype  # vLLM's "auto" (Nemotron-H keeps a float32 state)
-    ghost = read_ghost_json(model_dir) if (model_dir / GHOST_FILE).is_file() else None
+    ghost = read_ghost_json(model_dir) if is_ghost_checkpoint(model_dir) else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
     pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=ssm_dtype, state_sizes=per_layer)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype, ssm_dtype=ssm_dtype)

@@ -1,6 +1,9 @@
 """The sequential GHOST loop: layer by layer from the input side, each layer scored on activations that already
 flow through the pruned layers before it. Layer inputs are cached once per layer (``[nsamples, T, hidden]``) and
-pushed through the pruned block to become the next layer's inputs; statistics are streamed per batch."""
+pushed through the pruned block to become the next layer's inputs; statistics are streamed per batch.
+
+Called through :func:`ghost_vllm.prune` (:mod:`ghost_vllm.pruning`), which checks the selection against the model and
+decides each layer's N'_l first."""
 
 from __future__ import annotations
 
@@ -14,19 +17,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ghost_vllm.families import Family, family_by_name, family_for_config
-from ghost_vllm.mamba.budgets import LAYER_STATE_SIZES_KEY, is_uniform
+from ghost_vllm.mamba.budgets import is_uniform
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_ssm_inputs, ssm_scan
-from ghost_vllm.stats.capture import BlockCall, capture_block_inputs, mixer_input, run_block
-from ghost_vllm.refit import DEFAULT_ALPHA, ReadoutStats, RefitLayer, capture_readout_input
+from ghost_vllm.memory import release_free_heap
+from ghost_vllm.refit import RefitLayer, RefitSpec, refit_readout
 from ghost_vllm.scoring import NEEDS_BACKWARD, NEEDS_STATE_STATS, SCORERS, LayerStats
-from ghost_vllm.selection import kept_count, select_channels
+from ghost_vllm.selection import select_channels
 from ghost_vllm.stats.accumulators import ChannelMoments, StateChannelAccumulator
-from ghost_vllm.stats.capture import masked_mixers
+from ghost_vllm.stats.capture import PROPAGATE_WINDOWS, BlockCall, capture_block_inputs, mixer_input, run_block
+from ghost_vllm.stats.gradients import taylor_mask_grads
 from ghost_vllm.surgery import prune_mixer
 
-__all__ = ["LayerReport", "PruneReport", "MaskGradients", "RefitSpec", "layer_moments", "mask_gradients",
-           "taylor_mask_grads", "prune_model"]
+__all__ = ["LayerReport", "PruneReport", "layer_moments", "prune_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +61,6 @@ class PruneReport:
     calibration_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
     refit: list[RefitLayer] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class RefitSpec:
-    """Readout refit after each layer's truncation (:mod:`ghost_vllm.refit`)."""
-
-    target: str = "global"  # global (the product's: measured better, benchmarks/refit.py) | local
-    alpha: float = DEFAULT_ALPHA
 
 
 def _summary(scores: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
@@ -107,85 +102,6 @@ def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progr
     return acc.finalize()
 
 
-@dataclass
-class MaskGradients:
-    """Per layer ``[G, N]`` float64: ``total`` = Σ_windows ∂NLL_w/∂m, ``fisher`` = Σ_windows (∂NLL_w/∂m)²."""
-
-    total: list[torch.Tensor]
-    fisher: list[torch.Tensor]
-    per_window: list[torch.Tensor]  # [W, G, N] float32: each window's own gradient (W = number of windows)
-
-
-def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool = True,
-                   desc: str = "mask gradients") -> MaskGradients:
-    """Gradients of each window's summed token NLL w.r.t. a per-window channel mask m = 1 (multiplying B and C) in
-    every layer of the dense model, one forward + backward per batch (the mask is ``[b, 1, G, N]``, so one backward
-    gives every window's own gradient)."""
-    layout = InProjLayout.from_config(model.config)
-    device = next(model.parameters()).device
-    L = len(model.backbone.layers)
-    total = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
-    fisher = [torch.zeros(layout.n_groups, layout.state_size, dtype=torch.float64) for _ in range(L)]
-    per_window: list[list[torch.Tensor]] = [[] for _ in range(L)]
-    params = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        for batch in tqdm(tokens.split(batch_size), desc=desc, disable=not progress, leave=False):
-            batch = batch.to(device)
-            masks = [torch.ones(batch.shape[0], 1, layout.n_groups, layout.state_size, device=device,
-                                requires_grad=True) for _ in range(L)]
-            with masked_mixers(model, masks, chunked=True):
-                logits = model(batch, use_cache=False).logits.float()
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
-            loss.backward()
-            for t, f, w, m in zip(total, fisher, per_window, masks):
-                g = m.grad.double().cpu()[:, 0]  # [b, G, N], one row per window
-                t += g.sum(0)
-                f += g.pow(2).sum(0)
-                w.append(g.float())
-    finally:
-        for p, flag in zip(model.parameters(), params):
-            p.requires_grad_(flag)
-    return MaskGradients(total, fisher, [torch.cat(w) for w in per_window])
-
-
-def taylor_mask_grads(model, tokens: torch.Tensor, batch_size: int, progress: bool = True) -> list[torch.Tensor]:
-    """Σ over calibration windows of ∂(summed token NLL)/∂m for a per-channel mask m = 1 in every layer (one-shot,
-    dense model). Returns one ``[G, N]`` float64 tensor per layer."""
-    return mask_gradients(model, tokens, batch_size, progress, desc="taylor gradients").total
-
-
-# transformers' torch path materialises chunk-sized intermediates that grow with the batch (for 16 windows of
-# mamba2-130m more than a layer's weights); two windows at a time keep the transient small
-PROPAGATE_WINDOWS = 2
-
-
-def _release_free_heap() -> None:
-    """Hand glibc's freed-but-kept heap pages back to the OS after each layer: the layer's batch-sized temporaries
-    (mixer inputs, propagation) are served from the heap once glibc's adaptive mmap threshold has grown, and that
-    heap is not returned by itself, so RSS would ratchet up layer after layer with memory no longer in use."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc():
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
-
-
 def _propagate(block, acts: torch.Tensor, call: Optional[BlockCall] = None) -> torch.Tensor:
     """``block(acts)`` a few windows at a time, in place of the input batch (at most one extra copy is alive). With
     captured keyword arguments (hybrids: masks, rotary tables, … of the whole batch) the batch runs at once."""
@@ -197,83 +113,26 @@ def _propagate(block, acts: torch.Tensor, call: Optional[BlockCall] = None) -> t
     return out
 
 
-def _mixer_out(block, h: torch.Tensor) -> torch.Tensor:
-    return block.mixer(block.norm(h.to(dtype=block.norm.weight.dtype)))
-
-
-def _refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
-                   spec: RefitSpec) -> tuple[RefitLayer, list[torch.Tensor], Optional[list[torch.Tensor]]]:
-    """Fit ``block.mixer.out_proj`` (pruned) to the dense layer's output (``local``) or to the dense network's next
-    activation (``global``) over the cached inputs; set it in place. Returns the report, the next layer's inputs and
-    (``global``) the dense network's next activations.
-
-    One pass, a few windows at a time: the pruned block's forward (the propagation every layer needs) records its
-    readout input u'; the target comes from the dense copy. After the solve, the recorded outputs are corrected by
-    u'(W* − W₀)ᵀ instead of running the block again."""
-    out_proj = block.mixer.out_proj
-    w0 = out_proj.weight.detach().clone()
-    bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
-    stats = ReadoutStats(w0.shape[1], w0.shape[0])
-    outs, readouts, dense_next = [], [], []
-    for i, a in enumerate(acts):
-        out = torch.empty_like(a)
-        dense_out = torch.empty_like(dense_acts[i]) if dense_acts is not None else None
-        us = []
-        for j in range(0, a.shape[0], PROPAGATE_WINDOWS):
-            h = a[j : j + PROPAGATE_WINDOWS]
-            u: list[torch.Tensor] = []
-            with capture_readout_input(block.mixer, u):
-                out[j : j + PROPAGATE_WINDOWS] = block(h)
-            if spec.target == "local":
-                t = _mixer_out(dense_block, h)
-            else:
-                dense_out[j : j + PROPAGATE_WINDOWS] = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
-                t = dense_out[j : j + PROPAGATE_WINDOWS].float() - h.float()
-            t = t.double().cpu()
-            stats.update(u[0], t - bias if bias is not None else t)
-            us.append(u[0])
-        outs.append(out)
-        readouts.append(torch.cat(us))
-        dense_next.append(dense_out)
-    w = stats.solve(w0, spec.alpha)
-    before, after = stats.error(w0), stats.error(w)
-    with torch.no_grad():
-        out_proj.weight.copy_(w.to(out_proj.weight.dtype))
-        delta = (out_proj.weight.float() - w0.float()).T  # [I, hidden]
-        nxt = [(o.float() + u.float() @ delta).to(o.dtype) for o, u in zip(outs, readouts)]
-    norm = stats.tt if stats.tt > 0 else 1.0
-    report = RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
-    return report, nxt, (dense_next if dense_acts is not None else None)
-
-
-def prune_model(
+def prune_layers(
     model,
     tokens: torch.Tensor,  # [nsamples, T] calibration windows
     method: str,
-    sparsity: float,
-    multiple_of: int = 1,
+    state_sizes: Sequence[int],  # N'_l per Mamba layer
+    sparsity: float,  # recorded in the report
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
-    state_sizes: Optional[Sequence[int]] = None,
     refit: Optional[RefitSpec] = None,
 ) -> PruneReport:
-    """Prune every layer of ``model`` in place to N' = kept_count(N, sparsity, multiple_of) state channels, or layer l
-    to ``state_sizes[l]`` (per-layer budgets; ``sparsity`` is then only recorded). ``refit``: re-solve each pruned
-    layer's ``out_proj`` on the calibration activations (:mod:`ghost_vllm.refit`)."""
+    """Prune Mamba layer l of ``model`` in place to ``state_sizes[l]`` state channels, chosen by ``method``.
+    ``refit``: re-solve each pruned layer's ``out_proj`` on the calibration activations (:mod:`ghost_vllm.refit`).
+    The config is not touched (:func:`ghost_vllm.ghost_format.set_state_sizes`)."""
     scorer = SCORERS[method]
     family = family_for_config(model.config)
     layout = family.layout(model.config)
     blocks = family.blocks(model)
     mamba = [i for i, block in enumerate(blocks) if family.mixer(block) is not None]
-    if state_sizes is None:
-        state_sizes = [kept_count(layout.state_size, sparsity, multiple_of)] * len(mamba)
-    if len(state_sizes) != len(mamba) or not all(1 <= n <= layout.state_size for n in state_sizes):
-        raise AssertionError(f"state sizes {list(state_sizes)} for {len(mamba)} Mamba layers of N={layout.state_size}")
-    if method in NEEDS_BACKWARD and not family.supports_backward_scoring:
-        raise AssertionError(f"{method} scoring is not implemented for {family.name}")
-    if refit is not None and not family.supports_refit:
-        raise AssertionError(f"the readout refit is not implemented for {family.name}")
+    assert len(state_sizes) == len(mamba) and all(1 <= n <= layout.state_size for n in state_sizes), state_sizes
     report = PruneReport(method, sparsity, layout.state_size, max(state_sizes))
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -313,21 +172,13 @@ def prune_model(
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
             if refit is not None:  # the refit pass also propagates: inputs of the next layer, through the refit block
-                layer_refit, acts, dense_acts = _refit_readout(idx, block, dense_block, acts, dense_acts, refit)
+                layer_refit, acts, dense_acts = refit_readout(idx, block, dense_block, acts, dense_acts, refit)
                 report.refit.append(layer_refit)
                 del dense_block
             else:
                 acts = [_propagate(block, a, k) for a, k in zip(acts, kw)]  # next inputs, through the pruned block
-            _release_free_heap()
+            release_free_heap()
         bar.close()
-    family.set_state_size(model.config, max(state_sizes))
-    if is_uniform(state_sizes):
-        if hasattr(model.config, LAYER_STATE_SIZES_KEY):
-            delattr(model.config, LAYER_STATE_SIZES_KEY)
-    else:
-        if not family.per_layer_budgets:
-            raise AssertionError(f"per-layer state sizes are not servable for {family.name}")
-        setattr(model.config, LAYER_STATE_SIZES_KEY, list(state_sizes))
     report.calibration_s = time.perf_counter() - t0
     if device.type == "cuda":
         report.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))

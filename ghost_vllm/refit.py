@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["ReadoutStats", "RefitLayer", "capture_readout_input", "DEFAULT_ALPHA"]
+from ghost_vllm.stats.capture import PROPAGATE_WINDOWS
+
+__all__ = ["ReadoutStats", "RefitLayer", "RefitSpec", "capture_readout_input", "refit_readout", "DEFAULT_ALPHA"]
 
 DEFAULT_ALPHA = 1e-3
 
@@ -90,3 +92,60 @@ def capture_readout_input(mixer, sink: list) -> Iterator[None]:
         handle.remove()
     if len(sink) == calls:
         raise AssertionError("out_proj hook never fired: the mixer took a path that skips out_proj")
+
+
+@dataclass(frozen=True)
+class RefitSpec:
+    """Readout refit after each layer's truncation."""
+
+    target: str = "global"  # global (the product's: measured better, benchmarks/refit.py) | local
+    alpha: float = DEFAULT_ALPHA
+
+
+def _mixer_out(block, h: torch.Tensor) -> torch.Tensor:
+    return block.mixer(block.norm(h.to(dtype=block.norm.weight.dtype)))
+
+
+def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
+                   spec: RefitSpec) -> tuple[RefitLayer, list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    """Fit ``block.mixer.out_proj`` (pruned) to the dense layer's output (``local``) or to the dense network's next
+    activation (``global``) over the cached inputs; set it in place. Returns the report, the next layer's inputs and
+    (``global``) the dense network's next activations.
+
+    One pass, a few windows at a time: the pruned block's forward (the propagation every layer needs) records its
+    readout input u'; the target comes from the dense copy. After the solve, the recorded outputs are corrected by
+    u'(W* − W₀)ᵀ instead of running the block again."""
+    out_proj = block.mixer.out_proj
+    w0 = out_proj.weight.detach().clone()
+    bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
+    stats = ReadoutStats(w0.shape[1], w0.shape[0])
+    outs, readouts, dense_next = [], [], []
+    for i, a in enumerate(acts):
+        out = torch.empty_like(a)
+        dense_out = torch.empty_like(dense_acts[i]) if dense_acts is not None else None
+        us = []
+        for j in range(0, a.shape[0], PROPAGATE_WINDOWS):
+            h = a[j : j + PROPAGATE_WINDOWS]
+            u: list[torch.Tensor] = []
+            with capture_readout_input(block.mixer, u):
+                out[j : j + PROPAGATE_WINDOWS] = block(h)
+            if spec.target == "local":
+                t = _mixer_out(dense_block, h)
+            else:
+                dense_out[j : j + PROPAGATE_WINDOWS] = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
+                t = dense_out[j : j + PROPAGATE_WINDOWS].float() - h.float()
+            t = t.double().cpu()
+            stats.update(u[0], t - bias if bias is not None else t)
+            us.append(u[0])
+        outs.append(out)
+        readouts.append(torch.cat(us))
+        dense_next.append(dense_out)
+    w = stats.solve(w0, spec.alpha)
+    before, after = stats.error(w0), stats.error(w)
+    with torch.no_grad():
+        out_proj.weight.copy_(w.to(out_proj.weight.dtype))
+        delta = (out_proj.weight.float() - w0.float()).T  # [I, hidden]
+        nxt = [(o.float() + u.float() @ delta).to(o.dtype) for o, u in zip(outs, readouts)]
+    norm = stats.tt if stats.tt > 0 else 1.0
+    report = RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
+    return report, nxt, (dense_next if dense_acts is not None else None)

@@ -1,19 +1,21 @@
 """Where a model comes from: the bundled models (named once here), local directories and Hugging Face Hub ids.
 
 Every command and benchmark turns a user's ``--model`` / ``MODEL`` into a directory through
-:func:`resolve_model_path`; reading and validating what is inside is :mod:`ghost_vllm.checkpoint`'s job.
+:func:`resolve_model_path`, or into a :class:`ModelSource` (directory, HF-format config, family, on-disk format)
+through :func:`resolve`; reading weights is :mod:`ghost_vllm.checkpoint`'s and the family's job.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
+__all__ = ["ModelSource", "resolve", "BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
            "resolve_model_path", "require_model_dir"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,38 @@ def resolve_model_path(path: str) -> Path:
     if not is_hub_id(path):
         return local  # a local path (missing ones get "model directory not found" from the validators)
     return hub_snapshot(path)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name resolved to: its directory, its config as a Hugging Face ``config.json`` dict (a mamba_ssm
+    checkpoint's converted, ``model_type`` set), the family that prunes and serves it, and the on-disk layout."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    format: str  # "hf" (config.json + *.safetensors) | "mamba_ssm" (state-spaces: d_model/n_layer, pytorch_model.bin)
+
+    @property
+    def family(self):
+        from ghost_vllm.families import model_family
+
+        return model_family(self.config, f"{self.path}/config.json")
+
+
+def resolve(name: str) -> ModelSource:
+    """A bundled name, a local directory or a Hub id → :class:`ModelSource`, its config read and its family checked
+    (one-line :class:`ModelError` otherwise). Weights are neither read nor validated here."""
+    from ghost_vllm.checkpoint import read_config
+    from ghost_vllm.families import model_family
+    from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, is_mamba_ssm_config
+
+    path = resolve_model_path(name)
+    raw = read_config(path)
+    fmt = "mamba_ssm" if is_mamba_ssm_config(raw) else "hf"
+    source = ModelSource(name, path, hf_config_from_mamba_ssm(raw) if fmt == "mamba_ssm" else raw, fmt)
+    model_family(source.config, f"{path}/config.json")
+    return source
 
 
 def require_model_dir(name: str, what: str = "MODEL") -> Path:

@@ -9,10 +9,21 @@ import re
 
 from ghost_vllm.errors import RecipeError
 
-__all__ = ["DTYPE_BYTES", "parse_size", "format_size"]
+__all__ = ["DTYPE_BYTES", "serving_dtypes", "parse_size", "format_size"]
 
 # the dtypes vLLM (0.32/0.33) keeps conv and SSM states in (`--dtype`, `--mamba-ssm-cache-dtype`)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+
+def serving_dtypes(config_dtype: str, dtype: str = "auto", ssm_dtype: str = "auto") -> tuple[str, str]:
+    """(model/conv-state dtype, SSM-state dtype) a pure Mamba2 engine runs for ``--dtype`` / ``--mamba-ssm-cache-dtype``
+    on GPU: "auto" takes the config's 16-bit dtype and serves a float32 (or unknown) config in bfloat16; the SSM state
+    follows the model dtype unless set. (Hybrid families' own SSM default: ``Family.default_ssm_cache_dtype``.)"""
+    d = str(config_dtype).replace("torch.", "")
+    model = dtype if dtype in DTYPE_BYTES else ("bfloat16" if d not in DTYPE_BYTES or d == "float32" else d)
+    return model, (ssm_dtype if ssm_dtype in DTYPE_BYTES else model)
+
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

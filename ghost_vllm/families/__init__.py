@@ -16,7 +16,8 @@ from ghost_vllm.families.mamba2 import Mamba2Family
 from ghost_vllm.families.nemotron_h import NemotronHFamily
 from ghost_vllm.families.zamba2 import Zamba2Family
 
-__all__ = ["Family", "FAMILIES", "family_for_config", "family_by_name", "supported_summary", "GHOST_ARCHITECTURES"]
+__all__ = ["Family", "FAMILIES", "family_for_config", "model_family", "family_by_name", "supported_summary",
+           "GHOST_ARCHITECTURES"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (Mamba2Family(), NemotronHFamily(), GraniteHybridFamily(),
                                                    FalconH1Family(), Zamba2Family())}
@@ -37,6 +38,20 @@ def family_for_config(cfg: Mapping[str, Any] | Any, where: str = "config.json") 
         arch = (cfg_get(cfg, "architectures") or ["?"])[0]
         raise ModelError(f"{where}: model_type is {model_type!r} ({arch}), not a supported family; ghost_vllm prunes the Mamba2 "
                          f"mixers of {supported_summary()}")
+    return family
+
+
+def model_family(cfg: Mapping[str, Any], where: str = "config.json") -> Family:
+    """The family of a config dict, its Mamba layers and mixer layout checked (:class:`ModelError` naming the
+    supported families, or the config key that is wrong)."""
+    family = family_for_config(cfg, where)
+    try:
+        family.layout(cfg)
+        if not family.mamba_layers(cfg):
+            raise ValueError("no Mamba2 layer in the layer pattern")
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelError(f"{where}: not a valid {family.hf_architectures[0]} config ({e}); restore the original "
+                         f"config.json") from None
     return family
 
 

@@ -112,6 +112,23 @@ class Family(ABC):
         """The SSM-state dtype vLLM picks with ``--mamba-ssm-cache-dtype auto`` (None: the model dtype)."""
         return None
 
+    def check_config(self, cfg: Mapping[str, Any], where: str) -> None:
+        """Config checks beyond :meth:`layout` (``ModelError`` naming the key); default: none."""
+
+    def check_tensors(self, shapes: Mapping[str, Any], where: Any) -> None:
+        """Checks of the non-mixer tensors a checkpoint must hold (name → (shape, dtype)); default: none."""
+
+    # weights ------------------------------------------------------------------------------------------------------
+    def load(self, model_dir: Any, cfg: Mapping[str, Any], dtype: str, device: str):
+        """The family's transformers model from a validated Hugging Face directory, in eval mode, ready to compute
+        like the engine (:meth:`prepare_model`). Default: the family's own class through ``from_pretrained``
+        (safetensors only, never remote code)."""
+        from ghost_vllm.weights import load_transformers_model
+
+        model = load_transformers_model(model_dir, dtype, device)
+        self.prepare_model(model)
+        return model
+
     # built transformers model ------------------------------------------------------------------------------------
     @abstractmethod
     def blocks(self, model) -> Sequence[torch.nn.Module]:

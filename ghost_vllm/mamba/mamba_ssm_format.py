@@ -18,7 +18,7 @@ import torch
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "CODESTRAL_7B", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
+__all__ = ["MAMBA_SSM_DEFAULTS", "REAL_CONFIGS", "CODESTRAL_7B", "is_mamba_ssm_config", "is_mamba_ssm_dir", "hf_config_from_mamba_ssm",
            "load_mamba_ssm_state_dict", "load_mamba_ssm_model", "convert_mamba_ssm_dir",
            "mamba_ssm_config", "codestral_like_config", "save_random_mamba_ssm_checkpoint"]
 
@@ -29,6 +29,11 @@ MAMBA_SSM_DEFAULTS = {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "
 NORM_EPS = 1e-5
 
 
+def is_mamba_ssm_config(cfg: Any) -> bool:
+    """A state-spaces (mamba_ssm) ``config.json`` dict rather than a Hugging Face one."""
+    return isinstance(cfg, dict) and "d_model" in cfg and "n_layer" in cfg
+
+
 def is_mamba_ssm_dir(model_dir: Path) -> bool:
     p = model_dir / "config.json"
     if not p.is_file():
@@ -37,11 +42,12 @@ def is_mamba_ssm_dir(model_dir: Path) -> bool:
         cfg = json.loads(p.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return False
-    return isinstance(cfg, dict) and "d_model" in cfg and "n_layer" in cfg
+    return is_mamba_ssm_config(cfg)
 
 
 def hf_config_from_mamba_ssm(cfg: dict[str, Any]) -> dict[str, Any]:
-    """mamba_ssm config dict → ``transformers.Mamba2Config`` kwargs."""
+    """mamba_ssm config dict → ``transformers.Mamba2Config`` kwargs (a Hugging Face ``config.json`` dict, with its
+    ``model_type`` — the one place a mamba_ssm config becomes a Mamba2 one)."""
     ssm = {**MAMBA_SSM_DEFAULTS, **(cfg.get("ssm_cfg") or {})}
     if ssm.get("layer", "Mamba2") != "Mamba2":
         raise ModelError(f"ssm_cfg.layer is {ssm.get('layer')!r}; only Mamba2 checkpoints are supported")
@@ -65,7 +71,7 @@ def hf_config_from_mamba_ssm(cfg: dict[str, Any]) -> dict[str, Any]:
         "tie_word_embeddings": bool(cfg.get("tie_embeddings", True)), "time_step_min": float(ssm["dt_min"]),
         "time_step_max": float(ssm["dt_max"]), "time_step_floor": float(ssm["dt_init_floor"]),
         "time_step_limit": (float(lo), float(hi)), "rms_norm": True, "norm_before_gate": False,
-        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1,
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1, "model_type": "mamba2",
     }
 
 

@@ -69,7 +69,7 @@ def _origin(path: Path, ghost: Optional[dict[str, Any]]) -> Optional[str]:
 
 
 def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], origin: Optional[str]) -> PlanModel:
-    from ghost_vllm.mamba.budgets import config_state_sizes
+    from ghost_vllm.ghost_format import config_state_sizes
     from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm
 
     if "d_model" in cfg and "n_layer" in cfg:  # mamba_ssm layout
@@ -122,7 +122,8 @@ def plan_model_from_config(name: str, cfg: dict[str, Any]) -> PlanModel:
 
 
 def resolve_plan_model(name: str) -> PlanModel:
-    from ghost_vllm.checkpoint import GHOST_FILE, read_config, read_ghost_json
+    from ghost_vllm.checkpoint import read_config
+    from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
     from ghost_vllm.sources import hub_snapshot, is_hub_id
     from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config
 
@@ -133,7 +134,7 @@ def resolve_plan_model(name: str) -> PlanModel:
     path = Path(name).expanduser()
     if path.is_dir():
         cfg = read_config(path)
-        ghost = read_ghost_json(path) if (path / GHOST_FILE).is_file() else None
+        ghost = read_ghost_json(path) if is_ghost_checkpoint(path) else None
         return _from_config(name, cfg, ghost, _origin(path, ghost))
     if is_hub_id(name):
         snap = hub_snapshot(name, patterns=("config.json",), flag="MODEL", what="model directory or bundled name")

@@ -26,7 +26,7 @@ from ghost_vllm.errors import RecipeError
 from ghost_vllm.planner.arith import MambaShape, block_math
 from ghost_vllm.planner.models import PlanModel, weight_parameters
 from ghost_vllm.planner.quality import measured_quality
-from ghost_vllm.units import DTYPE_BYTES, format_size
+from ghost_vllm.units import DTYPE_BYTES, format_size, serving_dtypes
 
 __all__ = ["PlanSettings", "PlanRow", "plan_variants", "plan_target", "format_plan", "check_holds_a_sequence", "DEFAULT_OVERHEAD",
            "VLLM_PAD_VOCAB"]
@@ -76,13 +76,10 @@ class PlanSettings:
         return "exact" if self.cache_memory is not None else "estimate"
 
     def model_dtype(self, model: PlanModel) -> str:
-        if self.dtype != "auto":
-            return self.dtype
-        d = model.config_dtype.replace("torch.", "")
-        return "bfloat16" if d not in DTYPE_BYTES or d == "float32" else d
+        return serving_dtypes(model.config_dtype, self.dtype)[0]
 
     def ssm_dtype(self, model: PlanModel) -> str:
-        return self.model_dtype(model) if self.mamba_ssm_cache_dtype == "auto" else self.mamba_ssm_cache_dtype
+        return serving_dtypes(model.config_dtype, self.dtype, self.mamba_ssm_cache_dtype)[1]
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -104,14 +103,14 @@ class GhostStatLogger(StatLoggerBase):
 
     @staticmethod
     def _read_ghost(model: str, hf: Any) -> dict:
-        import json
+        from ghost_vllm.errors import CheckpointError
+        from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
 
-        path = Path(model) / "ghost.json"
-        if os.path.isfile(path):
+        if is_ghost_checkpoint(Path(model)):
             try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                log.warning("ghost metrics: %s unreadable; reporting the pruned size as original", path)
+                return read_ghost_json(Path(model))
+            except (OSError, CheckpointError):
+                log.warning("ghost metrics: %s/ghost.json unreadable; reporting the pruned size as original", model)
         from ghost_vllm.families import family_for_config
 
         return {"state_size_original": family_for_config(hf).state_size(hf)}

@@ -24,7 +24,8 @@ from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.models.config import MambaModelConfig
 from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausalLM
 
-from ghost_vllm.mamba.budgets import config_state_sizes, is_uniform
+from ghost_vllm.ghost_format import config_state_sizes
+from ghost_vllm.mamba.budgets import is_uniform
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
 __all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2", "check_checkpoint"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ghost_vllm.checkpoint import model_family, read_ghost_json, validate_model_dir
+from ghost_vllm.checkpoint import validate_model_dir
+from ghost_vllm.ghost_format import read_ghost_json
+from ghost_vllm.families import model_family
 from ghost_vllm.errors import CheckpointError, ModelError
 from ghost_vllm.inspection import inspect_checkpoint, layer_state_sizes
 

@@ -14,8 +14,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-
 from ghost_vllm.recall import MODEL_DIR
 
 __all__ = ["bundle"]
@@ -27,7 +25,8 @@ def _measure(model_dir: Path, sequences: int) -> dict:
     import copy
 
     from ghost_vllm.checkpoint import load_model
-    from ghost_vllm.pipeline import prune_model
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
     from ghost_vllm.recall.evaluate import calibration_windows, model_predictor, recall_accuracy
 
     dense = load_model(model_dir)
@@ -36,7 +35,7 @@ def _measure(model_dir: Path, sequences: int) -> dict:
     N = int(dense.config.state_size)
     for seed in (0, 1, 2):
         cut = copy.deepcopy(dense)
-        prune_model(cut, calib, "random", 1 - 16 / N, seed=seed, batch_size=16, progress=False)
+        ghost_vllm.prune(cut, calib, SelectionSpec("random", 1 - 16 / N, seed=seed), batch_size=16, progress=False)
         out["random16"].append({"seed": seed, **recall_accuracy(model_predictor(cut), sequences).to_dict()})
     return out
 

@@ -20,7 +20,12 @@ import torch
 from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.mamba.reference import mixer_forward
 
-__all__ = ["BlockCall", "capture_block_inputs", "run_block", "mixer_input", "patched_mixers", "masked_mixers"]
+__all__ = ["PROPAGATE_WINDOWS", "BlockCall", "capture_block_inputs", "run_block", "mixer_input", "patched_mixers", "masked_mixers"]
+
+
+# transformers' torch path materialises chunk-sized intermediates that grow with the batch (for 16 windows of
+# mamba2-130m more than a layer's weights); two windows at a time keep the transient small
+PROPAGATE_WINDOWS = 2
 
 
 @dataclass

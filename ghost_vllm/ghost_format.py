@@ -1,0 +1,133 @@
+"""The ghost checkpoint format, read and written here only: what a pruned checkpoint adds to a Hugging Face one.
+
+- ``config.json``: ``architectures`` = the family's ghost architecture (the plugin registers it; ``model_type`` stays
+  the family's, so transformers still loads the checkpoint with its own class); the family's d_state key = N' (the
+  largest N'_l); ``layer_state_sizes`` = [N'_l per Mamba layer] only when the layers differ (absent when uniform).
+- ``ghost.json``: provenance — method, sparsity, per-layer sizes and kept channel indices, the bytes per sequence
+  before and after, the calibration, the source's sha256, the resolved recipe, the adaptive allocation and the refit
+  when used, timings (:func:`ghost_record`).
+
+Used by ``prune`` (writing), ``inspect``/``plan`` (reading), the plugin's validation and its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from ghost_vllm.errors import CheckpointError, ModelError
+
+__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "FORMAT_VERSION", "is_ghost_checkpoint", "read_ghost_json",
+           "write_ghost_json", "config_state_sizes", "set_state_sizes", "mark_ghost_config", "ghost_record"]
+
+GHOST_FILE = "ghost.json"
+LAYER_STATE_SIZES_KEY = "layer_state_sizes"
+FORMAT_VERSION = 1
+
+
+def is_ghost_checkpoint(model_dir: Path) -> bool:
+    return (Path(model_dir) / GHOST_FILE).is_file()
+
+
+def read_ghost_json(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / GHOST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no {GHOST_FILE}; this is not a ghost checkpoint (create one with 'ghost-vllm prune')")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-run 'ghost-vllm prune'") from None
+
+
+def write_ghost_json(model_dir: Path, record: Mapping[str, Any]) -> None:
+    (Path(model_dir) / GHOST_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def config_state_sizes(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> list[int]:
+    """N'_l of every layer of a pure-Mamba2 ``config.json`` dict (or config object): ``layer_state_sizes`` when
+    present, else ``state_size`` repeated. Raises :class:`ModelError` when the key disagrees with the config."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    L, N = int(get("num_hidden_layers")), int(get("state_size"))
+    sizes: Optional[Sequence[Any]] = get(LAYER_STATE_SIZES_KEY)
+    if sizes is None:
+        return [N] * L
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != L or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= N for n in sizes
+    ):
+        raise ModelError(f"{where}: {LAYER_STATE_SIZES_KEY} must list {L} integers in [1, state_size={N}], got "
+                         f"{sizes!r}; re-run 'ghost-vllm prune'")
+    if max(sizes) != N:
+        raise ModelError(f"{where}: state_size {N} is not the largest of {LAYER_STATE_SIZES_KEY} {list(sizes)}; "
+                         f"re-run 'ghost-vllm prune'")
+    return [int(n) for n in sizes]
+
+
+def set_state_sizes(config: Any, family, sizes: Sequence[int]) -> None:
+    """Write N'_l into a transformers config object: the family's d_state key(s) = the largest, and
+    ``layer_state_sizes`` only when the layers differ (a family without per-layer budgets refuses those)."""
+    family.set_state_size(config, max(sizes))
+    if len(set(sizes)) <= 1:
+        if hasattr(config, LAYER_STATE_SIZES_KEY):
+            delattr(config, LAYER_STATE_SIZES_KEY)
+        return
+    if not family.per_layer_budgets:
+        raise AssertionError(f"per-layer state sizes are not servable for {family.name}")
+    setattr(config, LAYER_STATE_SIZES_KEY, [int(n) for n in sizes])
+
+
+def mark_ghost_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``config.json`` dict with the ghost architecture the plugin registers (``model_type`` unchanged)."""
+    from ghost_vllm.families import family_for_config
+
+    return {**cfg, "architectures": [family_for_config(cfg).ghost_architecture]}
+
+
+def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any],
+                 source: Path, digest: str) -> dict[str, Any]:
+    """``ghost.json`` for ``pruned`` (:class:`ghost_vllm.pruning.Pruned`) of the model whose original
+    ``config.json`` dict is ``cfg``; ``recipe`` the resolved recipe, ``calibration`` the windows' description."""
+    from ghost_vllm import __version__
+    from ghost_vllm.families import family_for_config
+    from ghost_vllm.state import state_size_of
+
+    report, allocation, selection, dtype = pruned.report, pruned.allocation, pruned.selection, pruned.dtype
+    family = family_for_config(cfg)
+    orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
+    new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
+    kind = "explicit" if selection.state_sizes is not None else selection.allocation
+    return {
+        "format_version": FORMAT_VERSION,
+        "package": "ghost_vllm",
+        "version": __version__,
+        "method": report.method,
+        "sparsity": report.sparsity,
+        "multiple_of": selection.multiple_of,
+        "seed": selection.seed,
+        "state_size_original": report.state_size_original,
+        "state_size": report.state_size,
+        "allocation": kind,
+        "state_sizes": report.state_sizes,
+        "state_bytes_per_layer": list(new.layer_bytes),
+        "family": family.name,
+        "n_groups": family.layout(cfg).n_groups,
+        "num_hidden_layers": family.num_layers(cfg),
+        "mamba_layers": family.mamba_layers(cfg),
+        "state_bytes_per_sequence_original": orig.bytes_per_sequence,
+        "state_bytes_per_sequence": new.bytes_per_sequence,
+        "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
+        "dtype": dtype,
+        "layers": [layer.to_dict() for layer in report.layers],
+        "calibration": calibration,
+        "source": {"path": str(Path(source).resolve()), "sha256": digest},
+        "recipe": recipe,
+        **({"adaptive": allocation.to_dict()} if allocation is not None else {}),
+        **({"refit": {"weights": ["out_proj"], "target": report.refit[0].target, "alpha": report.refit[0].alpha,
+                      "error_relative": "Σ||t − W u'||² / Σ||t||² on the calibration tokens, before → after",
+                      "layers": [r.to_dict() for r in report.refit]}} if report.refit else {}),
+        "timings": {"calibration_s": report.calibration_s,
+                    "allocation_s": allocation.seconds if allocation is not None else 0.0,
+                    "peak_memory_bytes": report.peak_memory_bytes,
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+    }

@@ -1,0 +1,124 @@
+"""``ghost_vllm.prune(model, calibration, selection)``: the one library call that prunes a model — what
+``ghost-vllm prune``, every benchmark and the tests run (like llm-compressor's ``oneshot``).
+
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
+
+    pruned = ghost_vllm.prune(model, tokens, SelectionSpec(sparsity=0.5, allocation="adaptive", refit=True))
+    pruned.model          # the same module, pruned in place, its config's state sizes written
+    pruned.report         # per layer: kept channel indices, score summaries, refit errors, timings
+    pruned.record(...)    # ghost.json (ghost_vllm.ghost_format.ghost_record)
+
+Order of work: :func:`check_selection` (everything the selection asks of the model's family and shapes, one-line
+errors — the CLI calls it again before loading any weight), then the adaptive allocation when asked
+(:mod:`ghost_vllm.allocation`), then the sequential loop (:func:`ghost_vllm.pipeline.prune_layers`: statistics,
+scores, selection, surgery and the refit layer by layer), then the config's state-size keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ghost_vllm.allocation import Allocation, adaptive_state_sizes
+from ghost_vllm.errors import ModelError, RecipeError
+from ghost_vllm.families import Family, family_for_config
+from ghost_vllm.families.base import cfg_get
+from ghost_vllm.ghost_format import LAYER_STATE_SIZES_KEY, ghost_record, set_state_sizes
+from ghost_vllm.pipeline import PruneReport, prune_layers
+from ghost_vllm.recipe import SelectionSpec
+from ghost_vllm.refit import RefitSpec
+from ghost_vllm.scoring import NEEDS_BACKWARD
+from ghost_vllm.selection import check_state_sizes, kept_count
+
+__all__ = ["Pruned", "SelectionPlan", "check_selection", "prune"]
+
+
+@dataclass(frozen=True)
+class SelectionPlan:
+    """What :func:`check_selection` found: the family, N and the number of Mamba layers, the uniform cut's N'
+    and the smallest N'_l the adaptive allocator may give."""
+
+    family: Family
+    state_size: int
+    mamba_layers: int
+    uniform_state_size: int
+    min_state_size: int
+
+
+def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, where: str = "the model") -> SelectionPlan:
+    """Everything about ``selection`` that can be checked from a config (dict or transformers object) alone:
+    :class:`RecipeError` / :class:`ModelError` in one line naming the key and the fix."""
+    family = family_for_config(cfg)
+    sel = selection
+    label = f"{family.hf_architectures[0]} ({family.name})"
+    if not family.per_layer_budgets and (sel.allocation != "uniform" or sel.state_sizes is not None):
+        raise RecipeError(f"selection: per-layer state budgets are served for pure Mamba2 only, not {label}; use "
+                          f"allocation: uniform (the default) without state_sizes")
+    if sel.method in NEEDS_BACKWARD and not family.supports_backward_scoring:
+        raise RecipeError(f"selection.method: {sel.method} needs our differentiable Mamba2 forward, which covers pure "
+                          f"Mamba2 only, not {label}; use ghost, magnitude or random")
+    if sel.refit and not family.supports_refit:
+        raise RecipeError(f"selection.refit: the readout refit covers pure Mamba2 only, not {label}; drop --refit")
+    if cfg_get(cfg, LAYER_STATE_SIZES_KEY) is not None:
+        raise ModelError(f"{where}: already has per-layer state sizes; prune the original dense model instead")
+    N, L = family.state_size(cfg), len(family.mamba_layers(cfg))
+    uniform_n = kept_count(N, sel.sparsity, sel.multiple_of)
+    min_n = sel.min_state_size if sel.min_state_size is not None else sel.multiple_of
+    if sel.state_sizes is not None:
+        check_state_sizes(sel.state_sizes, N, L)
+    elif sel.allocation == "adaptive" and min_n > uniform_n:
+        raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
+                          f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
+    return SelectionPlan(family, N, L, uniform_n, min_n)
+
+
+@dataclass
+class Pruned:
+    """The result of :func:`prune`: the model (pruned in place), the loop's report, the selection it ran, the
+    adaptive allocation (when used) and the model's dtype."""
+
+    model: torch.nn.Module
+    report: PruneReport
+    selection: SelectionSpec
+    allocation: Optional[Allocation]
+    dtype: str
+
+    @property
+    def state_sizes(self) -> list[int]:
+        return self.report.state_sizes
+
+    def record(self, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any], source: Path,
+               digest: str) -> dict[str, Any]:
+        """``ghost.json`` for this result (:func:`ghost_vllm.ghost_format.ghost_record`)."""
+        return ghost_record(self, cfg, recipe, calibration, source, digest)
+
+
+def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = SelectionSpec(), *,
+          batch_size: int = 8, progress: bool = True, refit: Optional[RefitSpec] = None) -> Pruned:
+    """Prune the Mamba2 state of ``model`` (any supported family, transformers module) in place.
+
+    ``calibration``: token windows ``[n, T]`` (a tensor, or anything with ``.tokens`` such as
+    :class:`ghost_vllm.calib.CalibrationWindows`). ``selection``: method, sparsity, allocation, explicit sizes,
+    refit (the recipe's ``selection`` section). ``refit``: the refit's settings when ``selection.refit`` (default
+    :class:`RefitSpec`: the global target)."""
+    tokens: torch.Tensor = getattr(calibration, "tokens", calibration)
+    plan = check_selection(model.config, selection)
+    sel = selection
+    allocation = None
+    sizes = list(sel.state_sizes) if sel.state_sizes is not None else None
+    if sizes is None and sel.allocation == "adaptive":
+        allocation = adaptive_state_sizes(model, tokens, batch_size, plan.uniform_state_size, sel.multiple_of,
+                                          plan.min_state_size, progress)
+        sizes = allocation.state_sizes
+    sparsity = sel.sparsity if sel.state_sizes is None else 1.0 - sum(sizes) / (plan.mamba_layers * plan.state_size)
+    if sizes is None:
+        sizes = [plan.uniform_state_size] * plan.mamba_layers
+    spec = (refit or RefitSpec()) if sel.refit else None
+    report = prune_layers(model, tokens, sel.method, sizes, sparsity, sel.seed, batch_size, progress, spec)
+    set_state_sizes(model.config, plan.family, sizes)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return Pruned(model, report, sel, allocation, dtype)
