@@ -38,6 +38,7 @@ OUT = ROOT / "benchmarks" / "results" / "recall"
 KAPPAS = (0.25, 0.5, 0.75, 0.875)
 # (name, method, seed, variant)
 RUNS = [("ghost", "ghost", 0, "uniform"), ("ghost+refit", "ghost", 0, "refit"), ("ghost adaptive", "ghost", 0, "adaptive"),
+        ("ghost adaptive+refit", "ghost", 0, "adaptive+refit"),
         ("magnitude", "magnitude", 0, "uniform"), ("taylor", "taylor", 0, "uniform"),
         ("random s0", "random", 0, "uniform"), ("random s1", "random", 1, "uniform"), ("random s2", "random", 2, "uniform")]
 
@@ -88,7 +89,10 @@ def main() -> None:
                 n = kept_count(N, kappa, args.multiple_of)
                 sizes = adaptive_state_sizes(model, calib, 16, n, args.multiple_of, args.multiple_of,
                                              progress=False).state_sizes
-            sel = SelectionSpec(method, kappa, args.multiple_of, seed, state_sizes=sizes, refit=variant == "refit")
+            if variant == "adaptive+refit":  # the recipe users run: allocation and refit inside ghost_vllm.prune
+                sel = SelectionSpec(method, kappa, args.multiple_of, seed, allocation="adaptive", refit=True)
+            else:
+                sel = SelectionSpec(method, kappa, args.multiple_of, seed, state_sizes=sizes, refit=variant == "refit")
             report = ghost_vllm.prune(model, calib, sel, batch_size=16, progress=False).report
             seconds = time.perf_counter() - t0
             r = recall_accuracy(model_predictor(model), args.sequences)

@@ -30,6 +30,42 @@ def _int_list(text: str | None) -> list[int] | None:
                           f"layer, e.g. 32,64,96,128") from None
 
 
+# prune flag (argparse dest) → the recipe field it overrides; the field's default is shown in --help
+PRUNE_FLAGS = {
+    "model": "model.path", "tokenizer": "model.tokenizer", "dtype": "model.dtype", "device": "model.device",
+    "method": "selection.method", "sparsity": "selection.sparsity", "multiple_of": "selection.multiple_of",
+    "seed": "selection.seed", "allocation": "selection.allocation", "state_sizes": "selection.state_sizes",
+    "min_state_size": "selection.min_state_size", "refit": "selection.refit", "calibration": "calibration.source",
+    "nsamples": "calibration.nsamples", "seq_len": "calibration.seq_len", "batch_size": "calibration.batch_size",
+    "out": "output.dir", "overwrite": "output.overwrite",
+}
+
+
+def _recipe_default(field: str):
+    import dataclasses
+
+    from ghost_vllm.recipe import Recipe
+
+    section, key = field.split(".")
+    return next(f for f in dataclasses.fields(getattr(Recipe(), section)) if f.name == key).default
+
+
+def _show_defaults(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """Append ``(default: X)`` to every option's help whose default means something and is not already stated;
+    ``defaults`` (dest → value) gives the default where argparse's is None because a recipe supplies it."""
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or action.dest == "help":
+            continue
+        value = (defaults or {}).get(action.dest, action.default)
+        if value is None or value is False or value == [] or value == argparse.SUPPRESS:
+            continue
+        text = action.help or ""
+        if "default" in text.lower():
+            continue
+        shown = str(value).replace("%", "%%")
+        action.help = f"{text} (default: {shown})".strip()
+
+
 def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="calibrate, score, truncate and write a reduced checkpoint")
     p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
@@ -56,6 +92,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--out", help="output directory (default: <model>-<method><percent>)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _show_defaults(p, {dest: _recipe_default(field) for dest, field in PRUNE_FLAGS.items()})
 
 
 def _add_eval(sub) -> None:
@@ -136,7 +173,7 @@ def _add_plan(sub) -> None:
                         "(Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2, 'hybrid') in exact mode")
     p.add_argument("--cache-memory", help="exact mode: vLLM's kv_cache_memory_bytes per GPU (e.g. 26100000, 4GiB)")
     p.add_argument("--gpu-memory", help="estimate mode: memory of one GPU (e.g. 80GiB, 80GB, 8e10)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="estimate mode: vLLM's fraction (0.9)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="estimate mode: vLLM's fraction of GPU memory")
     p.add_argument("--overhead", default="2GiB", help="estimate mode: allowance per GPU for activations, CUDA graphs "
                                                      "and the CUDA context (default 2GiB; an assumption)")
     p.add_argument("--dtype", default="auto", help="weights and conv state: auto (checkpoint's; float32 → bfloat16 as "
@@ -190,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_plan(sub)
     _add_serve(sub)
+    for name, p in sub.choices.items():
+        if name != "prune":  # prune's defaults are the recipe's (shown where it is built)
+            _show_defaults(p)
+            for action in p._actions:  # bench's sub-commands
+                if isinstance(action, argparse._SubParsersAction):
+                    for c in action.choices.values():
+                        _show_defaults(c)
     return ap
 
 
@@ -197,16 +241,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ghost_vllm.commands.prune import run_prune
     from ghost_vllm.recipe import load_recipe
 
-    overrides = {
-        "model.path": args.model, "model.tokenizer": args.tokenizer, "model.dtype": args.dtype,
-        "model.device": args.device, "selection.method": args.method, "selection.sparsity": args.sparsity,
-        "selection.multiple_of": args.multiple_of, "selection.seed": args.seed, "calibration.source": args.calibration,
-        "selection.allocation": args.allocation, "selection.state_sizes": _int_list(args.state_sizes),
-        "selection.min_state_size": args.min_state_size, "selection.refit": args.refit,
-        "calibration.nsamples": args.nsamples, "calibration.seq_len": args.seq_len,
-        "calibration.batch_size": args.batch_size, "calibration.seed": args.seed, "output.dir": args.out,
-        "output.overwrite": args.overwrite,
-    }
+    overrides = {field: getattr(args, dest) for dest, field in PRUNE_FLAGS.items()}
+    overrides["selection.state_sizes"] = _int_list(args.state_sizes)
+    overrides["calibration.seed"] = args.seed
     recipe = load_recipe(args.recipe, overrides)
     out = run_prune(recipe, device=resolve_device(recipe.model.device), progress=not args.no_progress)
     print(out.summary())

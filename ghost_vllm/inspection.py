@@ -11,7 +11,7 @@ from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
 
-__all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection"]
+__all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection", "sequence_bytes", "HYBRID_CONTEXTS"]
 
 
 def layer_state_sizes(model_dir: Path, cfg: dict[str, Any]) -> list[int]:
@@ -97,6 +97,17 @@ def _hybrid_context_table(cfg: dict[str, Any], original: dict[str, Any], dtype: 
     return rows
 
 
+def sequence_bytes(info: dict[str, Any]) -> tuple[int, int, str]:
+    """(this checkpoint's, the original's) bytes per sequence as vLLM holds them, and what they include — the one
+    figure ``compare`` and ``slots`` print: the Mamba state for pure Mamba2; for a hybrid the Mamba state plus the
+    attention KV of a sequence at the first of :data:`HYBRID_CONTEXTS` (vLLM's GPU page rules, prefix caching off),
+    since the attention KV is what a hybrid's sequence mostly costs."""
+    if info.get("hybrid"):
+        r = info["hybrid"][0]
+        return r["bytes"], r["bytes_original"], f"Mamba state + attention KV at {r['context']:,} tokens"
+    return info["bytes_per_sequence"], info["bytes_per_sequence_original"], "Mamba state"
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     mib = 1 / 2**20
     lines = [
@@ -112,7 +123,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
         f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB)",
         f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",
-        f"reduction        {info['state_reduction_ratio']:.3f}× more sequences in the same state memory",
+        f"reduction        {info['state_reduction_ratio']:.3f}× "
+        + ("smaller Mamba state (a sequence also holds attention KV: below)" if info.get("hybrid") else
+           "more sequences in the same state memory"),
     ]
     if info.get("hybrid"):
         lines.append("with attention   (vLLM, GPU rules, prefix caching off: the attention block grows to the Mamba page)")

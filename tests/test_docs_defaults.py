@@ -60,3 +60,31 @@ def test_synopsis_values_are_the_defaults():
                 (command, flag, shown, real)
             checked += 1
     assert checked >= 15
+
+
+def test_help_shows_every_default():
+    """`ghost-vllm CMD --help` states the default of every option that has one (prune: the recipe's)."""
+    import argparse
+
+    from ghost_vllm.cli import PRUNE_FLAGS, _recipe_default, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = dict(sub.choices)
+    bench = next(a for a in parsers["bench"]._actions if isinstance(a, argparse._SubParsersAction))
+    parsers.update({f"bench {k}": v for k, v in bench.choices.items()})
+    checked = 0
+    for name, parser in parsers.items():
+        help_text = parser.format_help()
+        if "options:" not in help_text:  # serve: its own help text (tests/test_early_errors.py)
+            continue
+        entries = re.split(r"\n  (?=-)", help_text[help_text.index("options:"):])  # one entry per option
+        for action in parser._actions:
+            default = _recipe_default(PRUNE_FLAGS[action.dest]) if name == "prune" and action.dest in PRUNE_FLAGS \
+                else action.default
+            if not action.option_strings or default in (None, False, [], argparse.SUPPRESS) or action.dest == "help":
+                continue
+            flag = action.option_strings[-1]
+            entry = next(e for e in entries if re.match(rf"(-\w, )?{re.escape(flag)}\b", e))
+            assert "default" in entry.lower(), f"ghost-vllm {name} --help: {flag} does not state its default {default!r}"
+            checked += 1
+    assert checked > 30

@@ -124,6 +124,26 @@ def test_hybrid_inspect_and_state_bytes(pruned):
     assert info["state_bytes_per_sequence_original"] == 3 * per_layer(16)
 
 
+def test_compare_prices_a_hybrid_sequence_with_its_attention_kv(pruned):
+    """`compare` (and `slots`) print one bytes-per-sequence figure: for a hybrid the Mamba state plus the attention KV
+    at a stated context (vLLM's rules), not the Mamba state alone — the ratio a user reads is the sequences ratio."""
+    from ghost_vllm.commands.compare import format_comparison
+    from ghost_vllm.inspection import inspect_checkpoint, sequence_bytes
+    from ghost_vllm.planner.hybrid import hybrid_bytes
+
+    dense_dir, ghost_dir = pruned["nemotron_h"]
+    dense, ghost = inspect_checkpoint(dense_dir), inspect_checkpoint(ghost_dir)
+    mine = hybrid_bytes(json.loads((ghost_dir / "config.json").read_text()), 4096, dtype="float32").vllm_bytes
+    orig = hybrid_bytes(json.loads((dense_dir / "config.json").read_text()), 4096, dtype="float32").vllm_bytes
+    assert sequence_bytes(ghost) == (mine, orig, "Mamba state + attention KV at 4,096 tokens")
+    assert mine > ghost["bytes_per_sequence"]  # the attention KV is part of it
+    table = format_comparison([{"model": "dense", "inspect": dense, "perplexity": []},
+                               {"model": "ghost", "inspect": ghost, "perplexity": []}])
+    assert f"| ghost | 8 | {mine:,} | {orig / mine:.3f}× |" in table
+    assert "Mamba state + attention KV at 4,096 tokens" in table
+    assert "smaller Mamba state" in _cli("inspect", str(ghost_dir)).stdout
+
+
 def test_unsupported_architectures_are_one_line_naming_the_families(tmp_path):
     cases = {"llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
              "jamba": {"model_type": "jamba", "architectures": ["JambaForCausalLM"]},

@@ -8,7 +8,7 @@ from typing import Optional
 from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.sources import require_model_dir
 from ghost_vllm.evaluate import perplexity
-from ghost_vllm.inspection import inspect_checkpoint
+from ghost_vllm.inspection import inspect_checkpoint, sequence_bytes
 
 __all__ = ["compare_models", "format_comparison"]
 
@@ -35,17 +35,20 @@ def compare_models(models: list[str], data: list[str], seq_len: int = 512, devic
 
 def format_comparison(rows: list[dict]) -> str:
     data = [e["source"] for e in rows[0]["perplexity"]]
-    base = rows[0]["inspect"]["bytes_per_sequence"]
-    head = ["model", "N", "state B/seq", "seqs per state memory"] + [
+    base = sequence_bytes(rows[0]["inspect"])[0]
+    head = ["model", "N", "B/seq", "sequences per memory vs first"] + [
         f"{Path(d).name} {kind}" for d in data for kind in ("token ppl", "word ppl")
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         i = r["inspect"]
-        cells = [r["model"], str(i["state_size"]), f"{i['bytes_per_sequence']:,}", f"{base / i['bytes_per_sequence']:.3f}×"]
+        b = sequence_bytes(i)[0]
+        cells = [r["model"], str(i["state_size"]), f"{b:,}", f"{base / b:.3f}×"]
         for e in r["perplexity"]:
             cells += [f"{e['token_ppl']:.2f}", f"{e['word_ppl']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     seq = rows[0]["perplexity"][0]["seq_len"] if data else "-"
-    lines.append(f"\n(perplexity over whole texts in non-overlapping windows of {seq} tokens)")
+    what = sorted({sequence_bytes(r["inspect"])[2] for r in rows})
+    lines.append(f"\n(B/seq: {'; '.join(what)}, as vLLM holds it; perplexity over whole texts in non-overlapping "
+                 f"windows of {seq} tokens)")
     return "\n".join(lines)

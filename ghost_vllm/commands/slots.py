@@ -10,7 +10,7 @@ __all__ = ["run_slots"]
 
 
 def run_slots(args: argparse.Namespace) -> int:
-    from ghost_vllm.inspection import inspect_checkpoint
+    from ghost_vllm.inspection import inspect_checkpoint, sequence_bytes
     from ghost_vllm.sources import require_model_dir
     from ghost_vllm.units import parse_size
 
@@ -23,14 +23,17 @@ def run_slots(args: argparse.Namespace) -> int:
         model_dir = str(path)
         prompts = args.prompt if i == len(args.models) - 1 else None
         probe = probe_engine(model_dir, memory, prompts, args.max_tokens)
-        rows.append({"model": name, "bytes_per_sequence": inspect_checkpoint(Path(model_dir))["bytes_per_sequence"],
+        b, _, what = sequence_bytes(inspect_checkpoint(Path(model_dir)))
+        rows.append({"model": name, "bytes_per_sequence": b, "bytes_per_sequence_includes": what,
                      "num_gpu_blocks": probe.num_gpu_blocks, "state_slots": probe.state_slots,
                      "completions": dict(zip(prompts or [], probe.completions))})
     base = rows[0]["state_slots"]
     print(f"\nvLLM engines with {args.state_memory} of state memory each:")
-    print("| model | state B/seq | concurrent sequences (state slots) | vs first |\n|---|---|---|---|")
+    print("| model | B/seq | concurrent sequences (engine) | vs first |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['bytes_per_sequence']:,} | {r['state_slots']:,} | {r['state_slots'] / base:.3f}× |")
+    print(f"(B/seq: {'; '.join(sorted({r['bytes_per_sequence_includes'] for r in rows}))}; concurrent sequences: "
+          f"the engine's own count)")
     for prompt, text in rows[-1]["completions"].items():
         print(f"\n[{rows[-1]['model']}] {prompt!r} → {text!r}")
     if args.json:
