@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ghost_vllm.commands.helptext import PRUNE_FLAGS, recipe_default, show_defaults
 from ghost_vllm.commands.io import resolve_device
 from ghost_vllm.errors import GhostError
 
@@ -28,42 +29,6 @@ def _int_list(text: str | None) -> list[int] | None:
     except ValueError:
         raise RecipeError(f"--state-sizes: {text!r} is not a comma-separated list of integers; give one size per "
                           f"layer, e.g. 32,64,96,128") from None
-
-
-# prune flag (argparse dest) → the recipe field it overrides; the field's default is shown in --help
-PRUNE_FLAGS = {
-    "model": "model.path", "tokenizer": "model.tokenizer", "dtype": "model.dtype", "device": "model.device",
-    "method": "selection.method", "sparsity": "selection.sparsity", "multiple_of": "selection.multiple_of",
-    "seed": "selection.seed", "allocation": "selection.allocation", "state_sizes": "selection.state_sizes",
-    "min_state_size": "selection.min_state_size", "refit": "selection.refit", "calibration": "calibration.source",
-    "nsamples": "calibration.nsamples", "seq_len": "calibration.seq_len", "batch_size": "calibration.batch_size",
-    "out": "output.dir", "overwrite": "output.overwrite",
-}
-
-
-def _recipe_default(field: str):
-    import dataclasses
-
-    from ghost_vllm.recipe import Recipe
-
-    section, key = field.split(".")
-    return next(f for f in dataclasses.fields(getattr(Recipe(), section)) if f.name == key).default
-
-
-def _show_defaults(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """Append ``(default: X)`` to every option's help whose default means something and is not already stated;
-    ``defaults`` (dest → value) gives the default where argparse's is None because a recipe supplies it."""
-    for action in parser._actions:
-        if action.help == argparse.SUPPRESS or action.dest == "help":
-            continue
-        value = (defaults or {}).get(action.dest, action.default)
-        if value is None or value is False or value == [] or value == argparse.SUPPRESS:
-            continue
-        text = action.help or ""
-        if "default" in text.lower():
-            continue
-        shown = str(value).replace("%", "%%")
-        action.help = f"{text} (default: {shown})".strip()
 
 
 def _add_prune(sub) -> None:
@@ -92,7 +57,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--out", help="output directory (default: <model>-<method><percent>)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _show_defaults(p, {dest: _recipe_default(field) for dest, field in PRUNE_FLAGS.items()})
+    show_defaults(p, {dest: recipe_default(field) for dest, field in PRUNE_FLAGS.items()})
 
 
 def _add_eval(sub) -> None:
@@ -229,11 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     for name, p in sub.choices.items():
         if name != "prune":  # prune's defaults are the recipe's (shown where it is built)
-            _show_defaults(p)
+            show_defaults(p)
             for action in p._actions:  # bench's sub-commands
                 if isinstance(action, argparse._SubParsersAction):
                     for c in action.choices.values():
-                        _show_defaults(c)
+                        show_defaults(c)
     return ap
 
 

@@ -66,7 +66,8 @@ def test_help_shows_every_default():
     """`ghost-vllm CMD --help` states the default of every option that has one (prune: the recipe's)."""
     import argparse
 
-    from ghost_vllm.cli import PRUNE_FLAGS, _recipe_default, build_parser
+    from ghost_vllm.cli import build_parser
+    from ghost_vllm.commands.helptext import PRUNE_FLAGS, recipe_default
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = dict(sub.choices)
@@ -79,7 +80,7 @@ def test_help_shows_every_default():
             continue
         entries = re.split(r"\n  (?=-)", help_text[help_text.index("options:"):])  # one entry per option
         for action in parser._actions:
-            default = _recipe_default(PRUNE_FLAGS[action.dest]) if name == "prune" and action.dest in PRUNE_FLAGS \
+            default = recipe_default(PRUNE_FLAGS[action.dest]) if name == "prune" and action.dest in PRUNE_FLAGS \
                 else action.default
             if not action.option_strings or default in (None, False, [], argparse.SUPPRESS) or action.dest == "help":
                 continue
