@@ -84,7 +84,7 @@ def run_variant(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor
                          args.multiple_of)
         alloc_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    sel = SelectionSpec("ghost", kappa, args.multiple_of, state_sizes=sizes)
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, allocation="uniform", state_sizes=sizes, refit=False)
     report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
     t2 = time.perf_counter()
     sizes = report.state_sizes

@@ -48,8 +48,11 @@ def source_table(src: str, idx: int) -> str:
 
 def render(text: str) -> str:
     """``text`` with every marked block's body replaced by its source table."""
-    return _BLOCK.sub(lambda m: m.group(0).replace(m.group("body"), source_table(m.group("src"), int(m.group("idx")))),
-                      text)
+    def fill(m: re.Match) -> str:
+        head = m.group(0)[: m.start("body") - m.start(0)]
+        return head + source_table(m.group("src"), int(m.group("idx"))) + "<!-- /table -->"
+
+    return _BLOCK.sub(fill, text)
 
 
 def stale(docs: Path = DOCS) -> list[str]:

@@ -90,7 +90,7 @@ def run_point(p: dict, model_dir: Path, tok, calib_texts: list[str], wiki: str, 
         calib = make_windows(calib_texts, tok, p["nsamples"], p["seq_len"], 0, args.calibration)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"])
+            sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"], allocation="uniform", refit=False)
             report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
             out["calibration_s"] = time.perf_counter() - t0
         out["peak_rss_growth_bytes"] = mem.peak_growth

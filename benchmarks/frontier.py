@@ -70,7 +70,8 @@ def build(model_dir: Path, variant: str, kappa: float, calib: torch.Tensor, args
         uniform_n = kept_count(int(model.config.state_size), kappa, args.multiple_of)
         sizes = adaptive_state_sizes(model, calib, args.batch_size, uniform_n, args.multiple_of, args.multiple_of,
                                      progress=False).state_sizes
-    sel = SelectionSpec("ghost", kappa, args.multiple_of, state_sizes=sizes, refit=variant == "ghost+refit")
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, allocation="uniform", state_sizes=sizes,
+                        refit=variant == "ghost+refit")
     report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
     return model, report.state_sizes
 

@@ -32,7 +32,8 @@ log = logging.getLogger("hybrid_fidelity")
 
 
 def _key(p: dict) -> str:
-    return f"{p['method']}|{p['sparsity']}|{p['seed']}"
+    variant = p.get("variant", "paper")  # paper: uniform, no refit; default: the shipped recipe (+ the refit)
+    return f"{p['method']}|{p['sparsity']}|{p['seed']}" + ("" if variant == "paper" else f"|{variant}")
 
 
 def run_point(p: dict, model_dir: Path, tok, calib_texts: list[str], wiki: str, args) -> dict:
@@ -42,7 +43,8 @@ def run_point(p: dict, model_dir: Path, tok, calib_texts: list[str], wiki: str, 
     if p["method"] != "dense":
         calib = make_windows(calib_texts, tok, args.nsamples, args.seq_len, 0, args.calibration)
         t0 = time.perf_counter()
-        sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"])
+        sel = SelectionSpec(p["method"], p["sparsity"], seed=p["seed"], allocation="uniform",
+                            refit=p.get("variant") == "default")
         report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False).report
         out["calibration_s"] = time.perf_counter() - t0
         out["kept"] = [layer.kept for layer in report.layers]
@@ -59,7 +61,8 @@ def summarize(rows: list[dict], model_dir: Path, args) -> dict:
     by: dict[str, list[float]] = {}
     for r in rows:
         if r["method"] != "dense":
-            by.setdefault(r["method"], []).append(r["wt2_token_ppl"])
+            name = r["method"] + (" (default recipe: + refit)" if r.get("variant") == "default" else "")
+            by.setdefault(name, []).append(r["wt2_token_ppl"])
     ppl = {m: statistics.mean(v) for m, v in by.items()}
     inc = {m: v / dense - 1 for m, v in ppl.items()}
     summary = {"model": str(model_dir), "source_sha256": source_hash(model_dir), "sparsity": 0.5,
@@ -80,7 +83,7 @@ def write(summary: dict, out: Path) -> None:
              f"{summary['calibration']['seq_len']} tokens of {summary['calibration']['source']}.", "",
              "| variant | token ppl | increase vs dense |", "|---|---:|---:|",
              f"| dense | {summary['dense_ppl']:.2f} | — |"]
-    for m in ("ghost", "magnitude", "random"):
+    for m in ("ghost (default recipe: + refit)", "ghost", "magnitude", "random"):
         if m in summary["ppl"]:
             extra = " (mean of 3 seeds)" if m == "random" else ""
             lines.append(f"| {m}{extra} | {summary['ppl'][m]:.2f} | {100 * summary['increase'][m]:+.2f} % |")
@@ -119,6 +122,7 @@ def main() -> None:
     points = [{"method": "dense", "sparsity": 0.0, "seed": 0}, {"method": "ghost", "sparsity": 0.5, "seed": 0},
               {"method": "magnitude", "sparsity": 0.5, "seed": 0}]
     points += [{"method": "random", "sparsity": 0.5, "seed": int(s)} for s in args.random_seeds.split(",")]
+    points += [{"method": "ghost", "sparsity": 0.5, "seed": 0, "variant": "default"}]
     for p in [p for p in points if _key(p) not in done]:
         t0 = time.time()
         row = run_point(p, model_dir, tok, calib_texts, wiki, args)

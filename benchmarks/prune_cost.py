@@ -2,7 +2,7 @@
 
     python benchmarks/prune_cost.py [--models mamba2-130m,mamba2-370m] [--nsamples 32,64,128] [--seq-len 128]
 
-Each point runs `ghost-vllm prune` (GHOST, 50 %) as a user would: on the mamba_ssm-layout directory
+Each point runs `ghost-vllm prune` (the paper's GHOST: uniform, no refit, 50 %) as a user would: on the mamba_ssm-layout directory
 (pytorch_model.bin, fp32, no tokenizer → the shared GPT-NeoX one), in its own process. Recorded: wall time and peak
 RSS of that process (os.wait4 rusage), the calibration time it reports in ghost.json, and the process baseline (a
 process that only imports torch/transformers/ghost_vllm). Calibration time is fitted as
@@ -53,7 +53,8 @@ def run_point(model_dir: Path, nsamples: int, seq_len: int, work: Path) -> dict:
     out = work / f"out-{model_dir.name}-{nsamples}x{seq_len}"
     cmd = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--model", str(model_dir), "--calibration", "reference",
            "--nsamples", str(nsamples), "--seq-len", str(seq_len), "--batch-size", str(BATCH), "--out", str(out),
-           "--overwrite", "--no-progress", "--tokenizer", str(TOKENIZER), "--dtype", "float32", "--device", "cpu"]
+           "--overwrite", "--no-progress", "--tokenizer", str(TOKENIZER), "--dtype", "float32", "--device", "cpu",
+           "--allocation", "uniform", "--no-refit"]  # the paper's GHOST (benchmarks/recipe_cost.py: the default recipe)
     t0 = time.perf_counter()
     log = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t0

@@ -92,7 +92,8 @@ def main() -> None:
             if variant == "adaptive+refit":  # the recipe users run: allocation and refit inside ghost_vllm.prune
                 sel = SelectionSpec(method, kappa, args.multiple_of, seed, allocation="adaptive", refit=True)
             else:
-                sel = SelectionSpec(method, kappa, args.multiple_of, seed, state_sizes=sizes, refit=variant == "refit")
+                sel = SelectionSpec(method, kappa, args.multiple_of, seed, "uniform", state_sizes=sizes,
+                                    refit=variant == "refit")
             report = ghost_vllm.prune(model, calib, sel, batch_size=16, progress=False).report
             seconds = time.perf_counter() - t0
             r = recall_accuracy(model_predictor(model), args.sequences)

@@ -152,7 +152,7 @@ def main() -> None:
     # the state is used: remove 90 % of the channels at random (seeded), evaluate WikiText-2 again
     windows = torch.tensor(tok(CALIBRATION_TEXT.read_text(), add_special_tokens=False)["input_ids"][: 8 * 128]).view(8, 128)
     ablated = load_model(model_dir, "float32")
-    ghost_vllm.prune(ablated, windows, SelectionSpec("random", 0.9, seed=0), progress=False)
+    ghost_vllm.prune(ablated, windows, SelectionSpec("random", 0.9, seed=0, allocation="uniform", refit=False), progress=False)
     r90 = perplexity_of_text(ablated, tok, wiki, args.seq_len, source=str(args.wikitext), progress=False).to_dict()
     card["state_use"] = {"method": "random", "sparsity": 0.9, "state_size": family.state_size(ablated.config),
                          "wikitext2_test": r90,

@@ -51,7 +51,7 @@ def evaluate(model, args) -> dict:
 def run_variant(model_dir: Path, variant: str, kappa: float, calib, args) -> dict:
     model = load_model(model_dir)
     t0 = time.perf_counter()
-    sel = SelectionSpec("ghost", kappa, args.multiple_of, refit=VARIANTS[variant] is not None)
+    sel = SelectionSpec("ghost", kappa, args.multiple_of, allocation="uniform", refit=VARIANTS[variant] is not None)
     report = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False,
                               refit=VARIANTS[variant]).report
     seconds = time.perf_counter() - t0

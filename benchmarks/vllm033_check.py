@@ -119,7 +119,8 @@ def _mamba2_rows(rows: list) -> dict:
     from vllm.v1.kv_cache_interface import MambaSpec, UniformTypeKVCacheSpecs
 
     from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, mamba_ssm_config
-    from ghost_vllm.planner.arith import MambaShape, block_math, num_blocks
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.planner.arith import block_math, num_blocks
     from ghost_vllm.plugin.spec import GhostMambaSpec
     from ghost_vllm.reference import MODEL_DIR
 
@@ -130,8 +131,8 @@ def _mamba2_rows(rows: list) -> dict:
     max_model_len = 4096
     kept = {}
     for name, (cfg, per_layer, (dtype, ssm), tps) in models.items():
-        shape = MambaShape.from_config(cfg)
-        n, L = int(cfg["state_size"]), shape.num_hidden_layers
+        shape = InProjLayout.from_config(cfg)
+        n, L = int(cfg["state_size"]), int(cfg["num_hidden_layers"])
         variants = {"dense": ([n] * L, MambaSpec, False), "uniform N/2": ([n // 2] * L, MambaSpec, False),
                     "per-layer ghost": (per_layer, GhostMambaSpec, False),
                     "per-layer stock": (per_layer, MambaSpec, True)}

@@ -39,12 +39,14 @@ def _add_prune(sub) -> None:
     p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
     p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
     p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")
-    p.add_argument("--allocation", help="uniform (same N' in every layer) | adaptive (per-layer N'_l at the same bytes)")
+    p.add_argument("--allocation", help="auto (adaptive for pure Mamba2, uniform for hybrids) | uniform (same N' in "
+                                        "every layer, the paper's) | adaptive (per-layer N'_l at the same bytes)")
     p.add_argument("--state-sizes", help="explicit per-layer N'_l, e.g. 32,64,96,128 (one per layer)")
     p.add_argument("--min-state-size", type=int, help="adaptive: smallest N'_l a layer may get (default multiple-of)")
-    p.add_argument("--refit", action="store_true", default=None,
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="re-solve each pruned layer's out_proj (closed form, calibration activations) so the "
-                        "block output matches the dense network's")
+                        "network's activation after each Mamba layer matches the dense one's; --no-refit: the paper's "
+                        "truncation only")
     p.add_argument("--calibration", help="text/JSONL file, directory, 'reference', 'wikitext2' or 'recall' (MQAR "
                                          "training sequences, for the recall model)")
     p.add_argument("--nsamples", type=int, help="calibration windows (paper: 128)")

@@ -96,7 +96,6 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
     family = family_for_config(cfg)
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
     new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
-    kind = "explicit" if selection.state_sizes is not None else selection.allocation
     return {
         "format_version": FORMAT_VERSION,
         "package": "ghost_vllm",
@@ -107,7 +106,7 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
         "seed": selection.seed,
         "state_size_original": report.state_size_original,
         "state_size": report.state_size,
-        "allocation": kind,
+        "allocation": pruned.allocation_kind,
         "state_sizes": report.state_sizes,
         "state_bytes_per_layer": list(new.layer_bytes),
         "family": family.name,

@@ -155,6 +155,8 @@ def prune_layers(
             kw = block_kwargs[idx]
             if idx not in budget:  # attention / MLP / MoE block: carried through unchanged
                 acts = [_propagate(block, a, k) for a, k in zip(acts, kw)]
+                if dense_acts is not None:
+                    dense_acts = [_propagate(block, a, k) for a, k in zip(dense_acts, kw)]
                 continue
             n_keep, mixer = budget[idx], family.mixer(block)
             bar.set_postfix(layer=f"{idx + 1}/{len(blocks)}")
@@ -172,7 +174,8 @@ def prune_layers(
             rounded = [[float(f"{v:.6g}") for v in row] for row in scores.tolist()]
             report.layers.append(LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded))
             if refit is not None:  # the refit pass also propagates: inputs of the next layer, through the refit block
-                layer_refit, acts, dense_acts = refit_readout(idx, block, dense_block, acts, dense_acts, refit)
+                layer_refit, acts, dense_acts = refit_readout(idx, block, dense_block, acts, dense_acts, refit, family,
+                                                              kw if any(kw) else None)
                 report.refit.append(layer_refit)
                 del dense_block
             else:

@@ -39,14 +39,15 @@ __all__ = ["Pruned", "SelectionPlan", "check_selection", "prune"]
 
 @dataclass(frozen=True)
 class SelectionPlan:
-    """What :func:`check_selection` found: the family, N and the number of Mamba layers, the uniform cut's N'
-    and the smallest N'_l the adaptive allocator may give."""
+    """What :func:`check_selection` found: the family, N and the number of Mamba layers, the uniform cut's N', the
+    smallest N'_l the adaptive allocator may give, and the allocation to run (``auto`` resolved)."""
 
     family: Family
     state_size: int
     mamba_layers: int
     uniform_state_size: int
     min_state_size: int
+    allocation: str  # uniform | adaptive | explicit
 
 
 def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, where: str = "the model") -> SelectionPlan:
@@ -55,14 +56,15 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     family = family_for_config(cfg)
     sel = selection
     label = f"{family.hf_architectures[0]} ({family.name})"
-    if not family.per_layer_budgets and (sel.allocation != "uniform" or sel.state_sizes is not None):
-        raise RecipeError(f"selection: per-layer state budgets are served for pure Mamba2 only, not {label}; use "
-                          f"allocation: uniform (the default) without state_sizes")
+    if not family.per_layer_budgets and (sel.allocation == "adaptive" or sel.state_sizes is not None):
+        raise RecipeError(f"selection: per-layer state budgets are served for pure Mamba2 only, not {label}: vLLM "
+                          f"pads every Mamba page of a hybrid to one size, the largest layer's, so they would save no "
+                          f"engine memory; use allocation: uniform or auto without state_sizes")
     if sel.method in NEEDS_BACKWARD and not family.supports_backward_scoring:
         raise RecipeError(f"selection.method: {sel.method} needs our differentiable Mamba2 forward, which covers pure "
                           f"Mamba2 only, not {label}; use ghost, magnitude or random")
     if sel.refit and not family.supports_refit:
-        raise RecipeError(f"selection.refit: the readout refit covers pure Mamba2 only, not {label}; drop --refit")
+        raise RecipeError(f"selection.refit: the readout refit is not implemented for {label}; drop --refit")
     if cfg_get(cfg, LAYER_STATE_SIZES_KEY) is not None:
         raise ModelError(f"{where}: already has per-layer state sizes; prune the original dense model instead")
     N, L = family.state_size(cfg), len(family.mamba_layers(cfg))
@@ -73,7 +75,13 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     elif sel.allocation == "adaptive" and min_n > uniform_n:
         raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
                           f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
-    return SelectionPlan(family, N, L, uniform_n, min_n)
+    if sel.state_sizes is not None:
+        allocation = "explicit"
+    elif sel.allocation == "auto":
+        allocation = "adaptive" if family.per_layer_budgets else "uniform"
+    else:
+        allocation = sel.allocation
+    return SelectionPlan(family, N, L, uniform_n, min_n, allocation)
 
 
 @dataclass
@@ -86,6 +94,13 @@ class Pruned:
     selection: SelectionSpec
     allocation: Optional[Allocation]
     dtype: str
+
+    @property
+    def allocation_kind(self) -> str:
+        """uniform | adaptive | explicit (``auto`` resolved for this model's family)."""
+        if self.selection.state_sizes is not None:
+            return "explicit"
+        return "adaptive" if self.allocation is not None else "uniform"
 
     @property
     def state_sizes(self) -> list[int]:
@@ -110,7 +125,7 @@ def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = S
     sel = selection
     allocation = None
     sizes = list(sel.state_sizes) if sel.state_sizes is not None else None
-    if sizes is None and sel.allocation == "adaptive":
+    if plan.allocation == "adaptive":
         allocation = adaptive_state_sizes(model, tokens, batch_size, plan.uniform_state_size, sel.multiple_of,
                                           plan.min_state_size, progress)
         sizes = allocation.state_sizes

@@ -4,11 +4,15 @@ A recipe has four sections; every field has a default, so ``load_recipe(None)`` 
 
     model:       {path: reference, tokenizer: null, dtype: auto, device: auto}
     calibration: {source: reference, nsamples: 128, seq_len: 128, seed: 0, batch_size: 8}
-    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0, allocation: uniform, state_sizes: null, refit: false,
+    selection:   {method: ghost, sparsity: 0.5, multiple_of: 1, seed: 0, allocation: auto, state_sizes: null, refit: true,
                   min_state_size: null}
     output:      {dir: null, overwrite: false}
 
 ``reference`` names the bundled reference model (as ``model.path``) and its held-out text (as ``calibration.source``).
+
+The default selection is the recipe that measured best (``benchmarks/results/recipes``): per-layer budgets where the
+family's engine serves them (``allocation: auto`` = adaptive for pure Mamba2, uniform for hybrids) and the readout
+refit. ``allocation: uniform`` and ``refit: false`` give the paper's GHOST.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ __all__ = [
 ]
 
 METHODS = ("ghost", "ghost_unpaired", "magnitude", "random", "taylor")
-ALLOCATIONS = ("uniform", "adaptive")
+ALLOCATIONS = ("auto", "uniform", "adaptive")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -63,10 +67,12 @@ class SelectionSpec:
     sparsity: float = 0.5
     multiple_of: int = 1
     seed: int = 0
-    allocation: str = "uniform"  # uniform: N' in every layer; adaptive: per-layer N'_l at the uniform cut's bytes
+    # auto: adaptive where the family's engine serves per-layer sizes (pure Mamba2), else uniform; uniform: N' in every
+    # layer; adaptive: per-layer N'_l at the uniform cut's bytes
+    allocation: str = "auto"
     state_sizes: Optional[list[int]] = None  # explicit N'_l per layer (sparsity and allocation then unused)
     min_state_size: Optional[int] = None  # adaptive: smallest N'_l (default multiple_of)
-    refit: bool = False  # re-solve each pruned layer's out_proj on the calibration activations (ghost_vllm/refit.py)
+    refit: bool = True  # re-solve each pruned layer's out_proj on the calibration activations (ghost_vllm/refit.py)
 
 
 @dataclass(frozen=True)

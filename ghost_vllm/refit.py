@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ghost_vllm.stats.capture import PROPAGATE_WINDOWS
+from ghost_vllm.stats.capture import PROPAGATE_WINDOWS, run_block
 
 __all__ = ["ReadoutStats", "RefitLayer", "RefitSpec", "capture_readout_input", "refit_readout", "DEFAULT_ALPHA"]
 
@@ -106,35 +106,71 @@ def _mixer_out(block, h: torch.Tensor) -> torch.Tensor:
     return block.mixer(block.norm(h.to(dtype=block.norm.weight.dtype)))
 
 
-def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
-                   spec: RefitSpec) -> tuple[RefitLayer, list[torch.Tensor], Optional[list[torch.Tensor]]]:
-    """Fit ``block.mixer.out_proj`` (pruned) to the dense layer's output (``local``) or to the dense network's next
-    activation (``global``) over the cached inputs; set it in place. Returns the report, the next layer's inputs and
-    (``global``) the dense network's next activations.
+@contextmanager
+def _capture_input(module: Optional[torch.nn.Module], sink: list) -> Iterator[None]:
+    """Append ``module``'s first input to ``sink`` on every forward (nothing when ``module`` is None)."""
+    if module is None:
+        yield
+        return
+    handle = module.register_forward_pre_hook(lambda _m, args: sink.append(args[0].detach()))
+    try:
+        yield
+    finally:
+        handle.remove()
 
-    One pass, a few windows at a time: the pruned block's forward (the propagation every layer needs) records its
-    readout input u'; the target comes from the dense copy. After the solve, the recorded outputs are corrected by
-    u'(W* − W₀)ᵀ instead of running the block again."""
-    out_proj = block.mixer.out_proj
+
+def _run(block, h: torch.Tensor, call) -> torch.Tensor:
+    return run_block(block, h, call) if call else block(h)
+
+
+def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_acts: Optional[list[torch.Tensor]],
+                  spec: RefitSpec, family=None, calls: Optional[Sequence] = None
+                  ) -> tuple[RefitLayer, list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    """Fit the pruned mixer's ``out_proj`` to the dense layer's output (``local``, Mamba2 blocks) or to the dense
+    network's activation at that depth (``global``) over the cached block inputs ``acts`` (``calls``: the blocks'
+    other arguments, hybrids); set it in place. Returns the report, the next layer's inputs and (``global``) the
+    dense network's next activations.
+
+    ``global``: with m the residual stream right after the mixer's output y = W u' + b was added (scaled by s) —
+    the block output, or the input of the family's :meth:`~ghost_vllm.families.Family.refit_residual` module when an
+    MLP or attention output follows in the same layer — the target of y is y + (m_dense − m')/s, so that the pruned
+    layer's m' matches the dense network's m_dense. One pass, a few windows at a time; after the solve, the outputs
+    are corrected by s·u'(W* − W₀)ᵀ when m is the block output, else the block is run again."""
+    from ghost_vllm.families import family_by_name
+
+    family = family or family_by_name("mamba2")
+    mixer = family.mixer(block)
+    out_proj = mixer.out_proj
+    scale = family.mixer_output_scale(block)
+    mid, dense_mid = family.refit_residual(block), family.refit_residual(dense_block)
+    if spec.target == "local" and (mid is not None or scale != 1.0 or not hasattr(block, "norm")):
+        raise AssertionError(f"the local refit target needs h + mixer(norm(h)) blocks, not {family.name}'s")
     w0 = out_proj.weight.detach().clone()
     bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
     stats = ReadoutStats(w0.shape[1], w0.shape[0])
     outs, readouts, dense_next = [], [], []
     for i, a in enumerate(acts):
+        call = calls[i] if calls else None
         out = torch.empty_like(a)
         dense_out = torch.empty_like(dense_acts[i]) if dense_acts is not None else None
+        step = a.shape[0] if call else PROPAGATE_WINDOWS  # captured keyword arguments cover the whole batch
         us = []
-        for j in range(0, a.shape[0], PROPAGATE_WINDOWS):
-            h = a[j : j + PROPAGATE_WINDOWS]
+        for j in range(0, a.shape[0], step):
+            h = a[j : j + step]
             u: list[torch.Tensor] = []
-            with capture_readout_input(block.mixer, u):
-                out[j : j + PROPAGATE_WINDOWS] = block(h)
+            m: list[torch.Tensor] = []
+            with capture_readout_input(mixer, u), _capture_input(mid, m):
+                out[j : j + step] = _run(block, h, call)
             if spec.target == "local":
-                t = _mixer_out(dense_block, h)
+                t = _mixer_out(dense_block, h).double().cpu()
             else:
-                dense_out[j : j + PROPAGATE_WINDOWS] = dense_block(dense_acts[i][j : j + PROPAGATE_WINDOWS])
-                t = dense_out[j : j + PROPAGATE_WINDOWS].float() - h.float()
-            t = t.double().cpu()
+                md: list[torch.Tensor] = []
+                with _capture_input(dense_mid, md):
+                    dense_out[j : j + step] = _run(dense_block, dense_acts[i][j : j + step], call)
+                m_pruned = (m[0] if m else out[j : j + step]).double().cpu()
+                m_dense = (md[0] if md else dense_out[j : j + step]).double().cpu()
+                y = u[0].double().cpu() @ w0.double().cpu().T + (bias if bias is not None else 0.0)
+                t = y + (m_dense - m_pruned) / scale
             stats.update(u[0], t - bias if bias is not None else t)
             us.append(u[0])
         outs.append(out)
@@ -144,8 +180,11 @@ def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_
     before, after = stats.error(w0), stats.error(w)
     with torch.no_grad():
         out_proj.weight.copy_(w.to(out_proj.weight.dtype))
-        delta = (out_proj.weight.float() - w0.float()).T  # [I, hidden]
-        nxt = [(o.float() + u.float() @ delta).to(o.dtype) for o, u in zip(outs, readouts)]
+        if mid is None:  # m is the block output: correct it instead of running the block again
+            delta = scale * (out_proj.weight.float() - w0.float()).T  # [I, hidden]
+            nxt = [(o.float() + u.float() @ delta).to(o.dtype) for o, u in zip(outs, readouts)]
+        else:
+            nxt = [_run(block, a, calls[i] if calls else None) for i, a in enumerate(acts)]
     norm = stats.tt if stats.tt > 0 else 1.0
     report = RefitLayer(idx, spec.target, spec.alpha, stats.tokens, before / norm, after / norm)
     return report, nxt, (dense_next if dense_acts is not None else None)

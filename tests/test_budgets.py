@@ -76,7 +76,7 @@ def test_explicit_state_sizes_equal_the_zeroed_dense_model(deep_tiny, calib_text
     out = tmp_path / "explicit"
     assert cli(["prune", "--model", str(deep_tiny), "--calibration", str(calib_text), "--nsamples", "8",
                 "--seq-len", "32", "--multiple-of", "4", "--state-sizes", "4,16,8,12", "--out", str(out),
-                "--no-progress"]) == 0
+                "--no-progress", "--no-refit"]) == 0  # the paper's truncation: equals the zeroed dense model
     cfg = json.loads((out / "config.json").read_text())
     ghost = json.loads((out / "ghost.json").read_text())
     assert cfg["state_size"] == 16 and cfg["layer_state_sizes"] == [4, 16, 8, 12]
@@ -148,7 +148,7 @@ def test_bad_budgets_are_one_line_and_write_nothing(deep_tiny, calib_text, tmp_p
         (["--state-sizes", "4,x"], "not a comma-separated list of integers"),
         (["--state-sizes", "4,8,12,16", "--allocation", "adaptive"], "selection.state_sizes: cannot be combined "
                                                                       "with selection.allocation: adaptive"),
-        (["--allocation", "greedy"], "selection.allocation: 'greedy' is not allowed; allowed: uniform, adaptive"),
+        (["--allocation", "greedy"], "selection.allocation: 'greedy' is not allowed; allowed: auto, uniform, adaptive"),
         (["--allocation", "adaptive", "--min-state-size", "12"], "selection.min_state_size: 12 is above the "
                                                                  "uniform N' = 8"),
         (["--allocation", "adaptive", "--min-state-size", "6"], "selection.min_state_size: 6 is not allowed"),

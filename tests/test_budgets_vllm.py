@@ -54,12 +54,13 @@ def setup(tmp_path_factory):
     common = ["--calibration", str(CALIBRATION_TEXT), "--nsamples", "8", "--seq-len", "32", "--no-progress"]
     models["layers"] = root / "layers"
     assert cli(["prune", "--model", str(dense), *common, "--multiple-of", "4", "--state-sizes", "4,16,8,12",
-                "--out", str(models["layers"])]) == 0
+                "--no-refit", "--out", str(models["layers"])]) == 0  # truncation only: = the zeroed dense model
     models["uniform"] = root / "uniform"
-    assert cli(["prune", "--model", str(dense), *common, "--sparsity", "0.5", "--out", str(models["uniform"])]) == 0
+    assert cli(["prune", "--model", str(dense), *common, "--sparsity", "0.5", "--allocation", "uniform", "--no-refit",
+                "--out", str(models["uniform"])]) == 0
     models["ref-adaptive"] = root / "ref-adaptive"
     assert cli(["prune", "--model", "reference", "--calibration", "reference", "--nsamples", "32", "--seq-len", "128",
-                "--multiple-of", "8", "--sparsity", "0.5", "--allocation", "adaptive",
+                "--multiple-of", "8", "--sparsity", "0.5",  # the default recipe: adaptive + refit
                 "--out", str(models["ref-adaptive"]), "--no-progress"]) == 0
     models["llama"] = _tiny_llama(root / "llama")
 
@@ -109,6 +110,8 @@ def test_adaptive_reference_checkpoint_is_served(setup):
     models, results = setup
     r = results["layers"][2]
     assert r["error"] is None, r["error"]
+    ghost = json.loads((models["ref-adaptive"] / "ghost.json").read_text())
+    assert ghost["allocation"] == "adaptive" and ghost["refit"]["target"] == "global"  # the default recipe
     info = inspect_checkpoint(models["ref-adaptive"])
     assert r["num_gpu_blocks"] == REF_MEMORY // info["bytes_per_sequence"]
     model = load_model(models["ref-adaptive"])

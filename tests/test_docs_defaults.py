@@ -84,8 +84,9 @@ def test_help_shows_every_default():
                 else action.default
             if not action.option_strings or default in (None, False, [], argparse.SUPPRESS) or action.dest == "help":
                 continue
-            flag = action.option_strings[-1]
-            entry = next(e for e in entries if re.match(rf"(-\w, )?{re.escape(flag)}\b", e))
+            flag = max(action.option_strings, key=len)
+            entry = next(e for e in entries if any(re.match(rf"(-\w+, )*{re.escape(o)}\b", e)
+                                                   for o in action.option_strings))
             assert "default" in entry.lower(), f"ghost-vllm {name} --help: {flag} does not state its default {default!r}"
             checked += 1
     assert checked > 30

@@ -42,3 +42,11 @@ def test_an_edited_number_is_stale(tmp_path):
     stale = dt.stale(tmp_path)
     assert len(stale) == 1 and page.name in stale[0]
     assert dt.render((tmp_path / page.name).read_text(encoding="utf-8")) == page.read_text(encoding="utf-8")
+
+
+def test_an_empty_marker_is_filled_with_exactly_its_table():
+    dt = _module()
+    text = "intro\n<!-- table: benchmarks/results/recipes/recipes.md#0 (generated) -->\n<!-- /table -->\nend\n"
+    table = dt.source_table("benchmarks/results/recipes/recipes.md", 0)
+    assert dt.render(text) == text.replace("-->\n<!-- /table -->", "-->\n" + table + "<!-- /table -->")
+    assert dt.render(dt.render(text)) == dt.render(text)

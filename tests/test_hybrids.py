@@ -38,7 +38,7 @@ def pruned(tmp_path_factory):
         dense, ghost = root / mt, root / f"{mt}-ghost50"
         save_tiny_hybrid(dense, mt, seed=3)
         r = _cli("prune", "--model", str(dense), "--sparsity", "0.5", "--nsamples", "8", "--seq-len", "64",
-                 "--out", str(ghost), "--no-progress")
+                 "--out", str(ghost), "--no-progress", "--no-refit")  # truncation only: = the zeroed dense model
         assert r.returncode == 0, r.stderr[-2000:]
         out[mt] = (dense, ghost)
     return out
@@ -167,13 +167,63 @@ def test_what_hybrids_lack_is_refused_before_loading(pruned, tmp_path):
     dense_dir, _ = pruned["zamba2"]
     base = ["prune", "--model", str(dense_dir), "--nsamples", "4", "--seq-len", "16"]
     cases = [(["--allocation", "adaptive"], "per-layer state budgets are served for pure Mamba2 only"),
-             (["--method", "taylor"], "selection.method: taylor needs our differentiable Mamba2 forward"),
-             (["--refit"], "selection.refit: the readout refit covers pure Mamba2 only")]
+             (["--method", "taylor"], "selection.method: taylor needs our differentiable Mamba2 forward")]
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"o{i}"
         r = _cli(*base, *extra, "--out", str(out))
         assert r.returncode == 2 and message in r.stderr and "Zamba2ForCausalLM" in r.stderr, r.stderr
         assert not out.exists()
+
+
+def _depth_residuals(model, x) -> dict[int, torch.Tensor]:
+    """Per Mamba layer of ``model`` on tokens ``x``: the residual stream right after the mixer's output was added
+    (the block output, or the input of the family's refit_residual module), by running the model's own blocks."""
+    family = family_for_config(model.config)
+    blocks = family.blocks(model)
+    out: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        acts, calls = capture_block_inputs(model, blocks, [x])
+        h = acts[0]
+        for i, block in enumerate(blocks):
+            seen: list[torch.Tensor] = []
+            mid = family.refit_residual(block) if family.mixer(block) is not None else None
+            handle = mid.register_forward_pre_hook(lambda _m, a: seen.append(a[0])) if mid is not None else None
+            nxt = run_block(block, h, calls[i][0])
+            if handle is not None:
+                handle.remove()
+            if family.mixer(block) is not None:
+                out[i] = (seen[0] if seen else nxt).double()
+            h = nxt
+    return out
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_refit_lowers_every_hybrid_mamba_layers_error_at_its_depth(model_type):
+    """The readout refit on a hybrid: at every Mamba layer, measured by running the blocks (not from the solver's
+    statistics), the pruned network's residual stream right after the mixer is closer to the dense network's than
+    with the same layer's dense out_proj (un-refit), and the report's before/after ratio is that measured ratio."""
+    import copy
+
+    import ghost_vllm
+    from ghost_vllm.recipe import SelectionSpec
+
+    dense = tiny_hybrid_model(model_type, seed=4)
+    family = family_for_config(dense.config)
+    x = torch.randint(2, 300, (8, 40), generator=torch.Generator().manual_seed(6))
+    model = copy.deepcopy(dense)
+    report = ghost_vllm.prune(model, x, SelectionSpec(sparsity=0.5, refit=True), batch_size=4, progress=False).report
+    layers = family.mamba_layers(dense.config)
+    assert [r.layer for r in report.refit] == layers
+    goal = _depth_residuals(dense, x)
+    got = _depth_residuals(model, x)
+    for r in report.refit:
+        unrefit = copy.deepcopy(model)  # the same network, this one layer's out_proj back to the dense weights
+        family.mixer(family.blocks(unrefit)[r.layer]).out_proj.weight.data.copy_(
+            family.mixer(family.blocks(dense)[r.layer]).out_proj.weight)
+        e_refit = float((got[r.layer] - goal[r.layer]).pow(2).sum())
+        e_unrefit = float((_depth_residuals(unrefit, x)[r.layer] - goal[r.layer]).pow(2).sum())
+        assert e_refit < e_unrefit, (model_type, r.layer, e_refit, e_unrefit)
+        assert r.error_after / r.error_before == pytest.approx(e_refit / e_unrefit, rel=1e-3)
 
 
 @pytest.mark.parametrize("family", ["mamba2", "nemotron_h"])

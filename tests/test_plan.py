@@ -12,7 +12,8 @@ import pytest
 
 from ghost_vllm.cli import main as cli
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.planner.arith import MambaShape, block_math
+from ghost_vllm.mamba.layout import InProjLayout
+from ghost_vllm.planner.arith import block_math
 from ghost_vllm.units import parse_size
 
 
@@ -73,11 +74,12 @@ def test_block_math_is_vllms(name, tp, dtypes):
 
     if name.startswith("reference") or name.startswith("tiny"):
         cfg = {"num_hidden_layers": 3, "hidden_size": 64, "num_heads": 8, "head_dim": 16,
-               "n_groups": 2 if name == "tiny-g2" else 1, "conv_kernel": 4}
+               "n_groups": 2 if name == "tiny-g2" else 1, "conv_kernel": 4, "state_size": 128}
     else:
         cfg = hf_config_from_mamba_ssm(mamba_ssm_config(name))
-    shape = MambaShape.from_config(cfg)
-    sizes = [128, 40, 64][: shape.num_hidden_layers] + [96] * max(0, shape.num_hidden_layers - 3)
+    shape = InProjLayout.from_config(cfg)
+    L = int(cfg["num_hidden_layers"])
+    sizes = [128, 40, 64][:L] + [96] * max(0, L - 3)
     model_dtype, ssm = dtypes
     ours = block_math(shape, sizes, model_dtype, model_dtype if ssm == "auto" else ssm, tp)
     dt = MambaStateDtypeCalculator.mamba2_state_dtype(getattr(torch, model_dtype), "auto", ssm)
@@ -168,8 +170,12 @@ def test_measured_quality_is_shown_never_invented(capsys, tmp_path):
     assert rows["dense"]["quality"]["value"] == pytest.approx(dense)
     assert rows["GHOST κ=0.5"]["quality"]["value"] == pytest.approx(ghost50)
     assert rows["GHOST κ=0.5"]["quality"]["increase_pct"] == pytest.approx(100 * (ghost50 / dense - 1))
-    assert rows["GHOST κ=0.25"]["quality"] is None  # N' 96 was never measured
-    rc, out, _ = _run(capsys, "plan", "reference", "--cache-memory", "26100000")
+    recipes = [json.loads(x) for x in open("benchmarks/results/recipes/points.jsonl")]
+    ghost25 = next(p for p in recipes if p["variant"] == "uniform" and p["sparsity"] == 0.25)["wt2_ppl"]
+    assert rows["GHOST κ=0.25"]["quality"]["value"] == pytest.approx(ghost25)  # uniform N' 96: the recipes benchmark
+    rc, out, _ = _run(capsys, "plan", "reference", "--cache-memory", "26100000", "--sparsity", "0.375,0.5", "--json")
+    assert {r["variant"]: r for r in json.loads(out)}["GHOST κ=0.375"]["quality"] is None  # N' 80: never measured
+    rc, out, _ = _run(capsys, "plan", "reference", "--cache-memory", "26100000", "--sparsity", "0.375,0.5")
     assert "not measured" in out and f"{ghost50:.2f}" in out
     # a per-layer checkpoint of the reference model: matched by method and exact sizes (budgets benchmark)
     budgets = [json.loads(x) for x in open("benchmarks/results/budgets/points.jsonl")]

@@ -43,11 +43,12 @@ def setup(tmp_path_factory):
 
 
 def _block_bytes(model: str) -> int:
-    from ghost_vllm.planner.arith import MambaShape, block_math
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.planner.arith import block_math
     from ghost_vllm.planner.models import resolve_plan_model
 
     m = resolve_plan_model(model)
-    return block_math(MambaShape.from_config(m.config), m.state_sizes, "float32", "float32").bytes_per_block
+    return block_math(InProjLayout.from_config(m.config), m.state_sizes, "float32", "float32").bytes_per_block
 
 
 def test_plan_predicts_the_engines_block_count(setup, capsys, tmp_path):

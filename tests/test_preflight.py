@@ -104,7 +104,8 @@ def test_cuda_graph_blocks_check_refuses_on_gpu_with_an_exact_cache_size():
 
 
 def test_per_rank_state_arithmetic_matches_the_planner():
-    from ghost_vllm.planner.arith import MambaShape, block_math
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.planner.arith import block_math
     from ghost_vllm.state import state_size_of
 
     cfg = _cfg(n_groups=2, hidden_size=64, head_dim=8)  # 16 heads
@@ -112,7 +113,7 @@ def test_per_rank_state_arithmetic_matches_the_planner():
         if tp == 4:
             cfg = _cfg(n_groups=1, hidden_size=64, head_dim=8)
         ours = state_size_of(cfg, state_sizes=[12, 4], dtype="float32", tensor_parallel_size=tp)
-        theirs = block_math(MambaShape.from_config(cfg), [12, 4], "float32", "float32", tp)
+        theirs = block_math(InProjLayout.from_config(cfg), [12, 4], "float32", "float32", tp)
         assert ours.bytes_per_sequence == theirs.bytes_per_sequence
 
 

@@ -28,13 +28,13 @@ def test_round_trip_matches_in_memory_pruned_model(tiny_dirs, calib_text, tmp_pa
 
     src = tiny_dirs[n_groups]
     out = tmp_path / "pruned"
-    assert _prune(src, out, calib_text, "--method", "ghost", "--sparsity", "0.5") == 0
+    assert _prune(src, out, calib_text, "--method", "ghost", "--sparsity", "0.5", "--allocation", "uniform") == 0
 
     # in-memory twin of what the CLI did
     tok = load_tokenizer(src)
     calib = make_windows(load_texts(str(calib_text)), tok, 8, 32, 0, str(calib_text))
     twin = load_model(src)
-    report = ghost_vllm.prune(twin, calib, SelectionSpec(sparsity=0.5), batch_size=8, progress=False).report
+    report = ghost_vllm.prune(twin, calib, SelectionSpec(sparsity=0.5, allocation="uniform"), batch_size=8, progress=False).report
 
     reloaded = Mamba2ForCausalLM.from_pretrained(out).eval()  # plain transformers, no ghost code
     patch_group_norm(reloaded)
@@ -63,7 +63,7 @@ def test_recipe_file_and_flag_override(tiny_dirs, calib_text, tmp_path):
     recipe.write_text(
         f"model: {{path: {tiny_dirs[1]}}}\n"
         f"calibration: {{source: {calib_text}, nsamples: 4, seq_len: 16}}\n"
-        f"selection: {{method: magnitude, sparsity: 0.25, multiple_of: 4}}\n"
+        f"selection: {{method: magnitude, sparsity: 0.25, multiple_of: 4, allocation: uniform}}\n"
         f"output: {{dir: {tmp_path / 'out'}}}\n"
     )
     assert main(["prune", str(recipe), "--sparsity", "0.5", "--no-progress"]) == 0
@@ -129,7 +129,7 @@ def test_inspect_reports_exact_state_bytes(tiny_dirs, calib_text, tmp_path):
     from ghost_vllm.inspection import inspect_checkpoint
 
     out = tmp_path / "p"
-    assert _prune(tiny_dirs[2], out, calib_text, "--sparsity", "0.75") == 0
+    assert _prune(tiny_dirs[2], out, calib_text, "--sparsity", "0.75", "--allocation", "uniform") == 0
     info = inspect_checkpoint(out)
     # tiny: 2 layers, H=8, P=8, G=2, K=4, hidden 32 → I = 64; fp32
     def per_seq(n):

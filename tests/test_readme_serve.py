@@ -35,7 +35,7 @@ def test_readme_lists_both_serve_commands():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A directory where ./build/reference-ghost50 exists, as after `make run` (a quick uniform prune here)."""
+    """A directory where ./build/reference-ghost50 exists, as after `make run` (the default recipe, fewer windows)."""
     root = tmp_path_factory.mktemp("readme")
     assert cli(["prune", "--model", "reference", "--calibration", "reference", "--nsamples", "16", "--seq-len", "64",
                 "--sparsity", "0.5", "--out", str(root / "build" / "reference-ghost50"), "--no-progress"]) == 0

@@ -94,7 +94,7 @@ def test_hub_ids_resolve_from_the_local_cache_offline(tmp_path):
     tok_snap = _fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-tokenizer", tok_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     base = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4",
-            "--seq-len", "16", "--no-progress"]
+            "--seq-len", "16", "--no-progress", "--allocation", "uniform"]
 
     def run(model: str, tokenizer: str, out: str):
         return subprocess.run([*base, "--model", model, "--tokenizer", tokenizer, "--out", str(tmp_path / out)],
@@ -133,7 +133,7 @@ def test_codestral_shaped_checkpoint_prunes_per_group_and_equals_zeroed(tmp_path
                                   tokenizer=str(MODEL_DIR / "tokenizer.json"))
     out = tmp_path / "ghost50"
     assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
-                "--seq-len", "64", "--out", str(out), "--no-progress"]) == 0
+                "--seq-len", "64", "--out", str(out), "--no-progress", "--allocation", "uniform", "--no-refit"]) == 0
     ghost = json.loads((out / "ghost.json").read_text())
     assert ghost["n_groups"] == 8 and ghost["state_size"] == 64
     kept = [torch.tensor(layer["kept"]) for layer in ghost["layers"]]
@@ -159,7 +159,8 @@ def test_real_shaped_130m_prunes_from_the_mamba_ssm_layout(tmp_path):
     src = save_random_mamba_ssm_checkpoint(tmp_path / "mamba2-130m", mamba_ssm_config("mamba2-130m"), seed=0)
     out = tmp_path / "mamba2-130m-ghost50"
     assert cli(["prune", "--model", str(src), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "4",
-                "--seq-len", "32", "--out", str(out), "--no-progress", "--tokenizer", str(NEOX)]) == 0
+                "--seq-len", "32", "--out", str(out), "--no-progress", "--tokenizer", str(NEOX),
+                "--allocation", "uniform", "--no-refit"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["state_size"], cfg["vocab_size"]) == (24, 768, 64, 50288)
     assert (out / "tokenizer.json").is_file() and not (out / "pytorch_model.bin").exists()
@@ -220,7 +221,11 @@ def test_shipped_real_model_recipe_runs_on_a_local_checkpoint(recipe, dtype, st_
     ghost = json.loads((out / "ghost.json").read_text())
     assert ghost["recipe"]["model"]["tokenizer"] == "../shared/data/tokenizers/gpt-neox-20b.json"
     assert (ghost["method"], ghost["sparsity"], ghost["multiple_of"], ghost["dtype"]) == ("ghost", 0.5, 8, dtype)
-    assert ghost["state_size"] == 64 and json.loads((out / "config.json").read_text())["state_size"] == 64
+    # the default recipe: per-layer N'_l at exactly the uniform cut's channels (64 per layer), and the refit
+    sizes = ghost["state_sizes"]
+    assert ghost["allocation"] == "adaptive" and sum(sizes) == 64 * len(sizes) and all(n % 8 == 0 for n in sizes)
+    assert ghost["state_size"] == max(sizes) == json.loads((out / "config.json").read_text())["state_size"]
+    assert ghost["refit"]["target"] == "global" and len(ghost["refit"]["layers"]) == len(sizes)
     assert (out / "tokenizer.json").read_bytes() == NEOX.read_bytes()
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert f.get_slice("backbone.layers.1.mixer.in_proj.weight").get_dtype() == st_dtype

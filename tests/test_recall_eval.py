@@ -81,7 +81,7 @@ def test_bundled_recall_model_and_its_card(capsys, tmp_path):
 def test_prune_with_recall_calibration_and_evaluate(tmp_path):
     out = tmp_path / "recall-ghost50"
     assert cli(["prune", "--model", "recall", "--calibration", "recall", "--nsamples", "16", "--seq-len", "256",
-                "--sparsity", "0.5", "--out", str(out), "--no-progress"]) == 0
+                "--sparsity", "0.5", "--out", str(out), "--no-progress", "--allocation", "uniform"]) == 0
     g = json.loads((out / "ghost.json").read_text())
     assert g["calibration"]["source"] == "recall" and g["calibration"]["seq_len"] == 256
     assert g["state_size"] == 64

@@ -57,13 +57,13 @@ def _mixer(block, h):
         return block.mixer(block.norm(h.to(block.norm.weight.dtype)))
 
 
-@pytest.mark.parametrize("target", ["global", "local"])
-@pytest.mark.parametrize("n_groups", [1, 2])
-def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
+@pytest.mark.parametrize("target,n_groups,sizes", [("global", 1, None), ("global", 2, None), ("local", 1, None),
+                                                   ("local", 2, None), ("global", 2, [12, 4, 8])])
+def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target, sizes):
     """Measured by running layers, not from the fitting code's statistics: on the refit model's own layer inputs,
     (a) ``local``: the mixer output vs the dense layer's on the same inputs; (b) ``global``: the block output vs the
     dense network's activation at that depth — each for the refit layer and for the same pruned layer with its dense
-    out_proj (un-refit)."""
+    out_proj (un-refit). ``sizes``: a per-layer checkpoint (N'_l differ), as the adaptive allocation writes."""
     from tests.helpers.tiny import tiny_model
     import ghost_vllm
     from ghost_vllm.recipe import SelectionSpec
@@ -72,8 +72,9 @@ def test_refit_strictly_lowers_the_layer_reconstruction_error(n_groups, target):
     dense = tiny_model(seed=5, n_groups=n_groups, num_hidden_layers=3)
     tokens = _calib_tokens()
     refit = copy.deepcopy(dense)
-    report = ghost_vllm.prune(refit, tokens, SelectionSpec(sparsity=0.5, refit=True), batch_size=4, progress=False,
-                              refit=RefitSpec(target)).report
+    report = ghost_vllm.prune(refit, tokens, SelectionSpec(sparsity=0.5, allocation="uniform", refit=True, state_sizes=sizes), batch_size=4,
+                              progress=False, refit=RefitSpec(target)).report
+    assert report.state_sizes == (sizes or [8, 8, 8])
     assert len(report.refit) == 3 and all(r.error_after < r.error_before and r.target == target for r in report.refit)
     dense_acts = _layer_inputs(dense, tokens)
     for l, h in enumerate(_layer_inputs(refit, tokens)):
@@ -103,7 +104,7 @@ def test_refit_at_zero_sparsity_is_the_identity():
 
     dense = tiny_model(seed=6, n_groups=2, num_hidden_layers=2)
     model = copy.deepcopy(dense)
-    report = ghost_vllm.prune(model, _calib_tokens(), SelectionSpec(sparsity=0.0, refit=True), batch_size=4,
+    report = ghost_vllm.prune(model, _calib_tokens(), SelectionSpec(sparsity=0.0, allocation="uniform", refit=True), batch_size=4,
                               progress=False).report
     for a, b in zip(dense.state_dict().values(), model.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -118,7 +119,8 @@ def refit_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("refit")
     save_tiny_checkpoint(root / "dense", seed=7, n_groups=2)
     assert cli(["prune", "--model", str(root / "dense"), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
-                "--seq-len", "32", "--sparsity", "0.5", "--refit", "--out", str(root / "refit"), "--no-progress"]) == 0
+                "--seq-len", "32", "--sparsity", "0.5", "--refit", "--allocation", "uniform", "--out", str(root / "refit"),
+                "--no-progress"]) == 0
     return root
 
 

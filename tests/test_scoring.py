@@ -17,7 +17,7 @@ def _tokens(seed, n=8, T=24, vocab=96):
 
 def _kept(method, tokens, seed=0, n_groups=1, model_seed=0):
     model = tiny_model(seed=model_seed, n_groups=n_groups)
-    report = ghost_vllm.prune(model, tokens, SelectionSpec(method, 0.5, seed=seed), batch_size=4, progress=False).report
+    report = ghost_vllm.prune(model, tokens, SelectionSpec(method, 0.5, seed=seed, allocation="uniform", refit=False), batch_size=4, progress=False).report
     return [layer.kept for layer in report.layers]
 
 

@@ -60,7 +60,7 @@ def tp(tmp_path_factory):
     save_tiny_checkpoint(root / "dense-g1", seed=31, n_groups=1)
     save_tiny_checkpoint(root / "dense-g2", seed=32, n_groups=2, num_hidden_layers=4)
     models = {"uniform-g1": root / "uniform-g1", "layers-g2": root / "layers-g2"}
-    assert cli(["prune", "--model", str(root / "dense-g1"), *common, "--sparsity", "0.5",
+    assert cli(["prune", "--model", str(root / "dense-g1"), *common, "--sparsity", "0.5", "--allocation", "uniform",
                 "--out", str(models["uniform-g1"])]) == 0
     assert cli(["prune", "--model", str(root / "dense-g2"), *common, "--multiple-of", "4", "--state-sizes",
                 "4,16,8,12", "--out", str(models["layers-g2"])]) == 0

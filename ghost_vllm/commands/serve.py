@@ -120,7 +120,8 @@ def _vllm_default_max_num_seqs(on_cpu: bool, device_memory: int, device_name: st
 def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory: int = 0, device_memory: int = 0,
                device_name: str = "", env: Optional[dict] = None) -> ServePlan:
     """The arguments to start vLLM with and the one-line notes, from the model's config and the user's flags."""
-    from ghost_vllm.planner.arith import MambaShape, block_math
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.planner.arith import block_math
     from ghost_vllm.planner.cpu_cache import default_cpu_cache_bytes
     from ghost_vllm.planner.models import resolve_plan_model
     from ghost_vllm.planner.plan import VLLM_PAD_VOCAB, DEFAULT_OVERHEAD
@@ -152,7 +153,7 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
     dtype, ssm = serving_dtypes(model.config_dtype, flag_value(extra, "--dtype") or "auto",
                                 flag_value(extra, "--mamba-ssm-cache-dtype") or "auto")
     tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
-    bm = block_math(MambaShape.from_config(model.config), model.state_sizes, dtype, ssm, tp)
+    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp)
     estimate = ""
     if memory is None and not on_cpu and device_memory > 0:  # GPU, no cache size: estimate as `ghost-vllm plan` does
         from ghost_vllm.planner.models import weight_parameters

@@ -66,7 +66,7 @@ class Family(ABC):
     pattern_key: ClassVar[Optional[str]] = None  # or a pattern string of M / * / - / E
     per_layer_budgets: ClassVar[bool] = False  # served with per-layer N'_l (needs a model class that builds them)
     supports_backward_scoring: ClassVar[bool] = False  # methods that differentiate through our reference mixer
-    supports_refit: ClassVar[bool] = False  # blocks are h + mixer(norm(h)) with no other input (the refit's target)
+    supports_refit: ClassVar[bool] = True  # the readout refit (ghost_vllm.refit) through refit_residual/_scale
 
     # config level ----------------------------------------------------------------------------------------------
     @abstractmethod
@@ -150,6 +150,15 @@ class Family(ABC):
     def in_proj_scale(self, mixer: torch.nn.Module) -> Optional[torch.Tensor]:
         """Per-row multipliers applied to ``in_proj``'s output (Falcon-H1's µP vector), ``[rows]`` or None."""
         return None
+
+    def refit_residual(self, block: torch.nn.Module) -> Optional[torch.nn.Module]:
+        """The module whose first input is the residual stream right after the mixer's output was added to it (the
+        readout refit's target depth); None when that is the block's own output (nothing follows the mixer)."""
+        return None
+
+    def mixer_output_scale(self, block: torch.nn.Module) -> float:
+        """What the block multiplies ``out_proj``'s output by before adding it to the residual stream."""
+        return 1.0
 
     def after_resize(self, mixer: torch.nn.Module, rows: Optional[torch.Tensor], n: int) -> None:
         """Fix family-specific buffers after the mixer's in_proj/conv1d were resized to ``n`` (``rows``: the kept

@@ -50,6 +50,12 @@ class FalconH1Family(Family):
     def mixer(self, block):
         return block.mamba
 
+    def refit_residual(self, block):
+        return block.pre_ff_layernorm  # mixer ∥ attention, then the residual add, then the MLP
+
+    def mixer_output_scale(self, block) -> float:
+        return float(block.ssm_out_multiplier)
+
     def input_scale(self, mixer) -> float:
         return float(mixer.ssm_in_multiplier)
 

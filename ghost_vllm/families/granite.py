@@ -39,3 +39,9 @@ class GraniteHybridFamily(Family):
 
     def mixer(self, block):
         return getattr(block, "mamba", None)
+
+    def refit_residual(self, block):
+        return block.post_attention_layernorm  # the MoE / shared MLP follows the mixer in the same layer
+
+    def mixer_output_scale(self, block) -> float:
+        return float(block.residual_multiplier)

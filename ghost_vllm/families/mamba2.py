@@ -20,7 +20,6 @@ class Mamba2Family(Family):
     state_key = "state_size"
     per_layer_budgets = True
     supports_backward_scoring = True
-    supports_refit = True
 
     def layout(self, cfg) -> InProjLayout:
         return InProjLayout(int(cfg_get(cfg, "hidden_size")), int(cfg_get(cfg, "num_heads")),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +40,15 @@ class InProjLayout:
 
     @classmethod
     def from_config(cls, cfg) -> "InProjLayout":
+        """From a pure-Mamba2 transformers config object or ``config.json`` dict (HF names)."""
+        get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
         return cls(
-            hidden_size=int(cfg.hidden_size),
-            num_heads=int(cfg.num_heads),
-            head_dim=int(cfg.head_dim),
-            n_groups=int(cfg.n_groups),
-            state_size=int(cfg.state_size),
-            conv_kernel=int(cfg.conv_kernel),
+            hidden_size=int(get("hidden_size")),
+            num_heads=int(get("num_heads")),
+            head_dim=int(get("head_dim")),
+            n_groups=int(get("n_groups")),
+            state_size=int(get("state_size")),
+            conv_kernel=int(get("conv_kernel", 4) or 4),
         )
 
     # sizes -------------------------------------------------------------------------------------------------------

@@ -20,32 +20,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.mamba.layout import extra_groups
+from ghost_vllm.mamba.layout import InProjLayout, extra_groups
 from ghost_vllm.units import DTYPE_BYTES
 
-__all__ = ["MambaShape", "BlockMath", "block_math", "num_blocks"]
-
-
-
-@dataclass(frozen=True)
-class MambaShape:
-    """The numbers of a Mamba2 model that its state depends on (HF names)."""
-
-    num_hidden_layers: int
-    hidden_size: int
-    num_heads: int
-    head_dim: int
-    n_groups: int
-    conv_kernel: int
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> "MambaShape":
-        return cls(int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), int(cfg["num_heads"]),
-                   int(cfg["head_dim"]), int(cfg["n_groups"]), int(cfg.get("conv_kernel", 4)))
-
-    @property
-    def intermediate_size(self) -> int:
-        return self.num_heads * self.head_dim
+__all__ = ["BlockMath", "block_math", "num_blocks"]
 
 
 @dataclass(frozen=True)
@@ -69,25 +47,25 @@ class BlockMath:
         return len(pages) * max(pages) if self.padded else sum(pages)
 
 
-def block_math(shape: MambaShape, state_sizes: Sequence[int], conv_dtype: str, ssm_dtype: str, tp: int = 1,
+def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str, ssm_dtype: str, tp: int = 1,
                padded: bool = False) -> BlockMath:
-    """Per-layer conv/SSM bytes on one of ``tp`` workers, as vLLM allocates them."""
-    if len(state_sizes) != shape.num_hidden_layers:
-        raise AssertionError(f"{len(state_sizes)} state sizes for {shape.num_hidden_layers} layers")
-    if tp < 1 or shape.num_heads % tp:
+    """Per-layer conv/SSM bytes on one of ``tp`` workers, as vLLM allocates them: the elements are
+    :meth:`InProjLayout.state_elements` (the one definition the state arithmetic, the metrics and ghost.json use)
+    at each layer's N'_l, priced at the dtypes' sizes."""
+    if tp < 1 or layout.num_heads % tp:
         raise RecipeError(f"--tensor-parallel-size {tp}: must be a positive divisor of the model's num_heads "
-                          f"{shape.num_heads}")
+                          f"{layout.num_heads}")
     for name in (conv_dtype, ssm_dtype):
         if name not in DTYPE_BYTES:
             raise RecipeError(f"state dtype {name!r}: use one of {', '.join(DTYPE_BYTES)}")
-    groups = shape.n_groups + extra_groups(shape.n_groups, tp)
     conv, ssm = [], []
     for n in state_sizes:
-        conv_dim = shape.intermediate_size + 2 * groups * int(n)
+        conv_dim = layout.intermediate_size + 2 * (layout.n_groups + extra_groups(layout.n_groups, tp)) * int(n)
         if conv_dim % tp:
             raise RecipeError(f"--tensor-parallel-size {tp}: does not divide the conv channels {conv_dim}")
-        conv.append((shape.conv_kernel - 1) * (conv_dim // tp) * DTYPE_BYTES[conv_dtype])
-        ssm.append((shape.num_heads // tp) * shape.head_dim * int(n) * DTYPE_BYTES[ssm_dtype])
+        c, s = layout.with_state_size(int(n)).state_elements(tp)
+        conv.append(c * DTYPE_BYTES[conv_dtype])
+        ssm.append(s * DTYPE_BYTES[ssm_dtype])
     return BlockMath(tuple(conv), tuple(ssm), padded)
 
 

@@ -18,7 +18,8 @@ def default_cpu_cache_bytes(available: int) -> int:
 def capacity_line(config: dict[str, Any], dtype: str, ssm_dtype: str, cache_memory: int, tp: int = 1) -> Optional[str]:
     """"holds N concurrent sequences of this model (B B/sequence)" for a Mamba2/ghost config, else None."""
     from ghost_vllm.errors import GhostError
-    from ghost_vllm.planner.arith import MambaShape, block_math
+    from ghost_vllm.mamba.layout import InProjLayout
+    from ghost_vllm.planner.arith import block_math
     from ghost_vllm.units import DTYPE_BYTES
     from ghost_vllm.planner.models import plan_model_from_config
 
@@ -29,7 +30,7 @@ def capacity_line(config: dict[str, Any], dtype: str, ssm_dtype: str, cache_memo
     if dtype not in DTYPE_BYTES:
         return None
     ssm = dtype if ssm_dtype in ("auto", "None", "") else ssm_dtype
-    bm = block_math(MambaShape.from_config(model.config), model.state_sizes, dtype, ssm, tp)
+    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp)
     blocks = cache_memory // bm.bytes_per_block
     return (f"which holds {max(blocks - 1, 0):,} concurrent sequences of this model ({bm.bytes_per_block:,} B of state "
             f"each; {blocks:,} blocks)")

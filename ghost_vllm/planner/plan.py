@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.planner.arith import MambaShape, block_math
+from ghost_vllm.mamba.layout import InProjLayout
+from ghost_vllm.planner.arith import block_math
 from ghost_vllm.planner.models import PlanModel, weight_parameters
 from ghost_vllm.planner.quality import measured_quality
 from ghost_vllm.units import DTYPE_BYTES, format_size, serving_dtypes
@@ -158,11 +159,11 @@ def _hybrid_row(model: PlanModel, variant: str, sizes: Sequence[int], method: st
 def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
     if model.hybrid:
         return _hybrid_row(model, variant, sizes, method, s)
-    shape = MambaShape.from_config(model.config)
-    bm = block_math(shape, sizes, s.model_dtype(model), s.ssm_dtype(model), s.tensor_parallel_size, s.padded)
+    bm = block_math(InProjLayout.from_config(model.config), sizes, s.model_dtype(model), s.ssm_dtype(model),
+                    s.tensor_parallel_size, s.padded)
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
-    L, N = shape.num_hidden_layers, model.original_state_size
+    L, N = len(sizes), model.original_state_size
     q = measured_quality(model.origin, method, sizes, s.results, model.calibration if model.pruned else None)
     return PlanRow(
         model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
@@ -257,9 +258,9 @@ def _head(model: PlanModel) -> str:
                 f"{len(family.mamba_layers(model.config))} Mamba layers, n_groups {lay.n_groups}, {lay.num_heads} heads "
                 f"× {lay.head_dim}")
     else:
-        shape = MambaShape.from_config(model.config)
-        what = (f"Mamba2, {shape.num_hidden_layers} layers, n_groups {shape.n_groups}, {shape.num_heads} heads × "
-                f"{shape.head_dim}")
+        lay = InProjLayout.from_config(model.config)
+        what = (f"Mamba2, {model.config['num_hidden_layers']} layers, n_groups {lay.n_groups}, {lay.num_heads} heads × "
+                f"{lay.head_dim}")
     return (f"{model.name}: {what}, N {model.original_state_size}" + (f" (pruned: {model.method}, N' per layer "
             f"{' '.join(map(str, model.state_sizes))})" if model.pruned else ""))
 

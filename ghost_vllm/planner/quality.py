@@ -3,7 +3,8 @@ estimated: a variant without a measurement is "not measured".
 
 The measurements cover the two bundled models:
 * ``reference`` — WikiText-2 raw test token perplexity (first 131,072 tokens, seq 512) from ``fidelity/points.jsonl``
-  (uniform, every method) and ``budgets/points.jsonl`` (uniform and adaptive GHOST);
+  (uniform, every method), ``budgets/points.jsonl`` (uniform and adaptive GHOST) and ``recipes/points.jsonl``
+  (uniform / adaptive GHOST with and without the refit: the default recipe);
 * ``recall`` — MQAR exact-match accuracy (256 held-out sequences per level) from ``recall/points.jsonl``.
 A variant matches a measurement by method (and refit) and the exact per-layer state sizes — and a checkpoint also by
 its recorded calibration (ghost.json), which must be the one the measurements used (:data:`MEASURED_CALIBRATION`):
@@ -76,12 +77,14 @@ Table = dict[tuple[str, tuple[int, ...]], tuple[float, str]]
 
 def _reference(results: Path) -> tuple[Optional[float], Table]:
     dense, table = None, {}
-    for rel in ("fidelity/points.jsonl", "budgets/points.jsonl"):
+    for rel in ("fidelity/points.jsonl", "budgets/points.jsonl", "recipes/points.jsonl"):
         for r in _rows(results / rel):
-            ppl = r.get("wt2_512_token_ppl")
-            if ppl is None:
+            ppl = r.get("wt2_512_token_ppl", r.get("wt2_ppl"))
+            if ppl is None or r.get("wt2_tokens", 131072) != 131072:
                 continue
             method = r.get("method") or ("dense" if r.get("variant") == "dense" else "ghost")
+            if "refit" in str(r.get("variant", "")):
+                method += "+refit"
             if method == "dense":
                 dense = dense or float(ppl)
                 continue
@@ -101,7 +104,7 @@ def _recall(results: Path) -> tuple[Optional[float], Table]:
         if r["method"] == "dense":
             dense = float(r["accuracy"])
         elif r["method"] != "random":
-            key = r["method"] + ("+refit" if r.get("variant") == "refit" else "")
+            key = r["method"] + ("+refit" if "refit" in str(r.get("variant", "")) else "")
             table.setdefault((key, tuple(int(n) for n in r["state_sizes"])), (float(r["accuracy"]),
                                                                               "benchmarks/results/recall/points.jsonl"))
     return dense, table

@@ -35,7 +35,7 @@ def _measure(model_dir: Path, sequences: int) -> dict:
     N = int(dense.config.state_size)
     for seed in (0, 1, 2):
         cut = copy.deepcopy(dense)
-        ghost_vllm.prune(cut, calib, SelectionSpec("random", 1 - 16 / N, seed=seed), batch_size=16, progress=False)
+        ghost_vllm.prune(cut, calib, SelectionSpec("random", 1 - 16 / N, seed=seed, allocation="uniform", refit=False), batch_size=16, progress=False)
         out["random16"].append({"seed": seed, **recall_accuracy(model_predictor(cut), sequences).to_dict()})
     return out
 

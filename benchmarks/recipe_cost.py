@@ -1,0 +1,91 @@
+"""What the default recipe costs to calibrate against the paper's GHOST, measured as a user runs it.
+
+    python benchmarks/recipe_cost.py      # → benchmarks/results/recipe_cost.{json,md}
+
+`ghost-vllm prune` in its own process, one run at a time (nothing else running), on (a) the bundled reference model
+(128 × 128 calibration tokens, as configs/reference-ghost50.yaml) and (b) a random checkpoint with mamba2-130m's real
+shape (mamba_ssm layout, fp32, 24 layers × 24 heads, 64 × 128 calibration tokens: the cost is linear in tokens,
+benchmarks/results/prune_cost.md). Variants: ``--allocation uniform --no-refit`` (the paper's GHOST) and the defaults
+(per-layer allocation + refit). Recorded: wall seconds of the process and ghost.json's allocation and calibration
+seconds; the ratio default / paper is the figure the issue sets (goal ≤ 3×). Repeats are interleaved (paper, default,
+paper, default) and the median is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config, save_random_mamba_ssm_checkpoint  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results"
+TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt-neox-20b.json"
+VARIANTS = {"paper (uniform, no refit)": ["--allocation", "uniform", "--no-refit"], "default (auto + refit)": []}
+
+
+def run(model: str, extra: list[str], nsamples: int, work: Path) -> dict:
+    out = work / "out"
+    cmd = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--model", model, "--calibration", "reference",
+           "--nsamples", str(nsamples), "--seq-len", "128", "--batch-size", "16", "--multiple-of", "8",
+           "--dtype", "float32", "--device", "cpu", "--out", str(out), "--overwrite", "--no-progress", *extra]
+    if model != "reference":
+        cmd += ["--tokenizer", str(TOKENIZER)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        raise RuntimeError(r.stderr[-2000:])
+    g = json.loads((out / "ghost.json").read_text())
+    return {"wall_s": wall, "calibration_s": g["timings"]["calibration_s"], "allocation_s": g["timings"]["allocation_s"],
+            "allocation": g["allocation"], "refit": "refit" in g, "state_sizes": g["state_sizes"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "recipe-cost")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    shape = args.work / "mamba2-130m-random"
+    if not (shape / "config.json").is_file():
+        save_random_mamba_ssm_checkpoint(shape, mamba_ssm_config("mamba2-130m"), seed=0)
+    models = {"reference (6 layers, d 512)": ("reference", 128), "mamba2-130m shape (24 layers, d 768)": (str(shape), 64)}
+    rows = []
+    for label, (model, nsamples) in models.items():
+        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats):
+            for v, extra in VARIANTS.items():
+                runs[v].append(run(model, extra, nsamples, args.work))
+                print(label, v, f"{runs[v][-1]['wall_s']:.1f} s", flush=True)
+        med = {v: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "calibration_s", "allocation_s")}
+               for v, rs in runs.items()}
+        paper, default = med["paper (uniform, no refit)"], med["default (auto + refit)"]
+        rows.append({"model": label, "nsamples": nsamples, "seq_len": 128, "runs": runs, "median": med,
+                     "ratio_wall": default["wall_s"] / paper["wall_s"],
+                     "ratio_pruning": (default["calibration_s"] + default["allocation_s"]) / paper["calibration_s"]})
+    (OUT / "recipe_cost.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["`ghost-vllm prune` on this 2-core CPU, one process at a time, median of "
+             f"{args.repeats} interleaved runs (`python benchmarks/recipe_cost.py`). Pruning s = ghost.json's "
+             "allocation + calibration (scores, surgery, refit); wall s = the whole process (imports, loading, "
+             "writing).", "",
+             "| model | calibration tokens | paper GHOST: pruning s / wall s | default recipe: pruning s / wall s | "
+             "default / paper (pruning) | default / paper (wall) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        p, d = r["median"]["paper (uniform, no refit)"], r["median"]["default (auto + refit)"]
+        lines.append(f"| {r['model']} | {r['nsamples']} × {r['seq_len']} | {p['calibration_s']:.1f} / {p['wall_s']:.1f} | "
+                     f"{d['calibration_s'] + d['allocation_s']:.1f} / {d['wall_s']:.1f} | {r['ratio_pruning']:.2f}× | "
+                     f"{r['ratio_wall']:.2f}× |")
+    (OUT / "recipe_cost.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
