@@ -138,7 +138,7 @@ def time_prefill(ops, shape: dict, n: int, batch: int, seq_len: int, chunk: int,
 
 def prune_on_device(work: Path, tokenizer: Path, device: str, name: str, nsamples: int, seq_len: int,
                     cfg_overrides: dict) -> dict:
-    """``ghost-vllm prune`` (the CLI's own path) on random weights of a released shape."""
+    """``ghost-vllm prune`` (the CLI's own path, the default recipe) on random weights of a released shape."""
     import torch
 
     from ghost_vllm.cli import main as cli
@@ -160,6 +160,7 @@ def prune_on_device(work: Path, tokenizer: Path, device: str, name: str, nsample
     row = {"model": name, "device": device, "rc": rc, "nsamples": nsamples, "seq_len": seq_len,
            "write_random_checkpoint_s": round(write_s, 2), "prune_wall_s": round(wall, 2),
            "timings": ghost.get("timings"), "state_size": ghost.get("state_size"),
+           "state_sizes": ghost.get("state_sizes"), "allocation": ghost.get("allocation"), "refit": "refit" in ghost,
            "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated()) if device == "cuda" else None}
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)

@@ -32,7 +32,9 @@ def test_gpu_script_prepares_and_runs_every_path_under_the_interpreter(tmp_path)
     assert all(c["ok"] for c in report["correctness"])
     assert set(report["decode_ms"]) == {"1", "2"} and all(v > 0 for row in report["decode_ms"].values()
                                                             for v in row.values())
-    assert report["prune"]["rc"] == 0 and report["prune"]["state_size"] == 64
+    p = report["prune"]  # the default recipe: per-layer sizes at the uniform cut's channels (64 per layer) + refit
+    assert p["rc"] == 0 and p["allocation"] == "adaptive" and p["refit"]
+    assert sum(p["state_sizes"]) == 64 * len(p["state_sizes"]) and p["state_size"] == max(p["state_sizes"])
     assert "## Pruning on the device" in (out / "gpu_kernels.md").read_text()
     # without a GPU and without the interpreter it refuses in one line
     r = subprocess.run([sys.executable, script, "--carry", str(carry), "--out", str(out)],

@@ -33,7 +33,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("real-shapes")
     ssm = save_random_mamba_ssm_checkpoint(root / "mamba2-130m", mamba_ssm_config("mamba2-130m"), seed=1)
     out = {"dense-130m": convert_mamba_ssm_dir(ssm, root / "mamba2-130m-hf", tokenizer=str(NEOX))}
-    calib = ["--calibration", str(CALIBRATION_TEXT), "--nsamples", "8", "--seq-len", "64", "--no-progress"]
+    calib = ["--calibration", str(CALIBRATION_TEXT), "--nsamples", "8", "--seq-len", "64", "--no-progress",
+             "--allocation", "uniform"]  # plain transformers (from_pretrained) loads uniform checkpoints
     assert cli(["prune", "--model", str(ssm), "--tokenizer", str(NEOX), "--out", str(root / "ghost50-130m"),
                 *calib]) == 0
     out["ghost50-130m"] = root / "ghost50-130m"

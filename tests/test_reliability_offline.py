@@ -182,7 +182,8 @@ def test_sigkill_at_random_points_leaves_no_target(slow_model, calib_text, tmp_p
     rng = random.Random(1234)
     target = tmp_path / "pruned"
     args = [sys.executable, "-m", "ghost_vllm.cli", "prune", "--model", str(slow_model), "--calibration",
-            str(calib_text), "--nsamples", "64", "--seq-len", "128", "--out", str(target), "--no-progress"]
+            str(calib_text), "--nsamples", "64", "--seq-len", "128", "--out", str(target), "--no-progress",
+            "--allocation", "uniform", "--no-refit"]  # atomicity, not the recipe: N' = 64 in every layer
     kills = {"calibration": 0, "write": 0}
     for trial in range(14):  # at least 6 trials; more only while a phase has not been hit yet
         if trial >= 6 and kills["calibration"] >= 2 and kills["write"] - kills.get("after_rename", 0) >= 1:

@@ -46,7 +46,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         save_tiny_checkpoint(dense, seed=10 + g, n_groups=g)
         pruned = root / f"ghost50-g{g}"
         assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
-                    "--seq-len", "32", "--out", str(pruned), "--no-progress"]) == 0
+                    "--seq-len", "32", "--out", str(pruned), "--no-progress", "--allocation", "uniform"]) == 0
         out[f"dense-g{g}"], out[f"ghost50-g{g}"] = dense, pruned
     # corrupted copies of the G=1 checkpoint
     bad_n = root / "bad-n"

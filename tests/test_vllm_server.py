@@ -33,7 +33,7 @@ def test_openai_client_and_ghost_metrics(tmp_path):
     dense, pruned = tmp_path / "dense", tmp_path / "ghost50"
     save_tiny_checkpoint(dense, seed=21, n_groups=1)
     assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
-                "--seq-len", "32", "--out", str(pruned), "--no-progress"]) == 0
+                "--seq-len", "32", "--out", str(pruned), "--no-progress", "--allocation", "uniform"]) == 0
     info = inspect_checkpoint(pruned)
 
     server = VLLMServer(str(pruned), ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
