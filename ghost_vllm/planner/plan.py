@@ -185,7 +185,7 @@ def plan_variants(model: PlanModel, settings: PlanSettings, sparsities: Optional
     """The model as it stands, or (``sparsities``, dense models only) uniform GHOST what-ifs at each κ."""
     if not sparsities:
         method = (model.method or "dense") + ("+refit" if model.refit else "")
-        label = f"as is ({model.method}, {model.allocation})" if model.pruned else "as is (dense)"
+        label = f"as is ({method}, {model.allocation})" if model.pruned else "as is (dense)"
         return [_row(model, label, model.state_sizes, method, settings)]
     _check_dense(model, "--sparsity")
     rows = []
