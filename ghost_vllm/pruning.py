@@ -71,16 +71,16 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     uniform_n = kept_count(N, sel.sparsity, sel.multiple_of)
     min_n = sel.min_state_size if sel.min_state_size is not None else sel.multiple_of
     if sel.state_sizes is not None:
-        check_state_sizes(sel.state_sizes, N, L)
-    elif sel.allocation == "adaptive" and min_n > uniform_n:
-        raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
-                          f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
-    if sel.state_sizes is not None:
         allocation = "explicit"
     elif sel.allocation == "auto":
         allocation = "adaptive" if family.per_layer_budgets else "uniform"
     else:
         allocation = sel.allocation
+    if sel.state_sizes is not None:
+        check_state_sizes(sel.state_sizes, N, L)
+    elif allocation == "adaptive" and min_n > uniform_n:  # auto resolved: the default runs adaptive too
+        raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
+                          f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
     return SelectionPlan(family, N, L, uniform_n, min_n, allocation)
 
 

@@ -152,6 +152,7 @@ def test_bad_budgets_are_one_line_and_write_nothing(deep_tiny, calib_text, tmp_p
         (["--allocation", "adaptive", "--min-state-size", "12"], "selection.min_state_size: 12 is above the "
                                                                  "uniform N' = 8"),
         (["--allocation", "adaptive", "--min-state-size", "6"], "selection.min_state_size: 6 is not allowed"),
+        (["--min-state-size", "12"], "selection.min_state_size: 12 is above the uniform N' = 8"),  # auto = adaptive
     ]
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
