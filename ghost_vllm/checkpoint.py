@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from ghost_vllm.errors import ModelError, OutputError
 from ghost_vllm.families import model_family
-from ghost_vllm.ghost_format import mark_ghost_config, write_ghost_json
+from ghost_vllm.ghost_format import STATE_DTYPE_KEY, mark_ghost_config, write_ghost_json
 from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id
 from ghost_vllm.weights import safetensors_files, safetensors_header
 
@@ -259,6 +259,8 @@ def write_checkpoint(
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_path = tmp / "config.json"
         cfg = mark_ghost_config(json.loads(cfg_path.read_text(encoding="utf-8")))
+        if ghost.get("state_dtype"):
+            cfg[STATE_DTYPE_KEY] = ghost["state_dtype"]
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         tok_src = Path(tokenizer_override) if tokenizer_override else source_dir
         if tok_src.is_file():

@@ -58,6 +58,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--out", help="output directory (default: <model>-<method><percent>)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing output directory")
+    p.add_argument("--state-dtype", help="int8: the checkpoint asks the plugin to cache its SSM state as int8 + a "
+                                         "float32 scale per head (pure Mamba2; score it first with 'eval --state-dtype "
+                                         "int8')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     show_defaults(p, {dest: recipe_default(field) for dest, field in PRUNE_FLAGS.items()})
 
@@ -75,6 +78,9 @@ def _add_eval(sub) -> None:
                    help="MQAR recall accuracy on held-out sequences (checkpoints of the recall model, e.g. 'recall')")
     p.add_argument("--recall-sequences", type=int, default=256, help="held-out sequences per difficulty level")
     p.add_argument("--tokenizer", help="tokenizer.json, tokenizer directory or Hub id, e.g. EleutherAI/gpt-neox-20b (default: the model's)")
+    p.add_argument("--state-dtype", default="auto", help="score through the serving format: the SSM state stored as a "
+                   "decode step stores it, after every token — auto (the checkpoint's ghost_state_dtype, else float32: "
+                   "no rounding) | float32 | bfloat16 | float16 | int8 (pure Mamba2)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -146,6 +152,8 @@ def _add_plan(sub) -> None:
     p.add_argument("--dtype", default="auto", help="weights and conv state: auto (checkpoint's; float32 → bfloat16 as "
                                                    "vLLM does on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--mamba-ssm-cache-dtype", default="auto", help="SSM state: auto (= --dtype) | float32 | bfloat16 | float16")
+    p.add_argument("--state-dtype", default="auto", help="the plugin's SSM state: auto (the checkpoint's "
+                   "ghost_state_dtype, else --mamba-ssm-cache-dtype) | int8 (int8 + a float32 scale per head; pure Mamba2)")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--max-model-len", type=int, default=None, help="hybrids: tokens per sequence priced (default 4096; "
                    "attention KV grows with it); recorded for pure Mamba2, whose state does not")
@@ -168,7 +176,7 @@ def _add_serve(sub) -> None:
     p.add_argument("model")
 
 
-SERVE_HELP = """usage: ghost-vllm serve MODEL [--auto-max-num-seqs] [vLLM server options ...]
+SERVE_HELP = """usage: ghost-vllm serve MODEL [--auto-max-num-seqs] [--state-dtype int8] [vLLM server options ...]
 
 vLLM's OpenAI-compatible server for a (ghost) checkpoint. Before the engine starts it checks the checkpoint, the
 tensor/pipeline-parallel sizes, --mamba-backend against the state sizes, and whether --max-num-seqs fits the Mamba
@@ -177,6 +185,9 @@ it binds one core group per worker. Then it runs `python -m vllm.entrypoints.ope
 
   MODEL                 checkpoint directory, Hub id (org/name) or bundled name (reference, hybrid, recall)
   --auto-max-num-seqs   pass the largest --max-num-seqs the state memory holds when the requested one does not fit
+  --state-dtype int8    cache the SSM state as int8 + a float32 scale per head (pure Mamba2; default: the
+                        checkpoint's ghost_state_dtype, else vLLM's --mamba-ssm-cache-dtype); passed to vLLM as
+                        --hf-overrides, so plain `vllm serve` takes it that way too
   vLLM options          e.g. --port 8000 --dtype float32 --kv-cache-memory-bytes 64MiB --tensor-parallel-size 2;
                         all of them: python -m vllm.entrypoints.openai.api_server --help"""
 
@@ -272,7 +283,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         gpu_memory=parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None,
         gpu_memory_utilization=args.gpu_memory_utilization, overhead=parse_size(args.overhead, "--overhead")
         if args.overhead not in ("0", "0B") else 0, dtype=args.dtype, mamba_ssm_cache_dtype=args.mamba_ssm_cache_dtype,
-        tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+        state_dtype=args.state_dtype, tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
         multiple_of=args.multiple_of, padded=args.stock_padding, results=results_dir(args.results),
         platform=args.platform, prefix_caching=False if args.no_prefix_caching else None,
     )

@@ -19,11 +19,15 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import CheckpointError, ModelError
 
-__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "FORMAT_VERSION", "is_ghost_checkpoint", "read_ghost_json",
-           "write_ghost_json", "config_state_sizes", "set_state_sizes", "mark_ghost_config", "ghost_record"]
+__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_DTYPE_KEY", "CACHED_STATE_DTYPES", "FORMAT_VERSION",
+           "is_ghost_checkpoint", "read_ghost_json", "write_ghost_json", "config_state_sizes", "config_state_dtype",
+           "set_state_sizes", "mark_ghost_config", "ghost_record"]
 
 GHOST_FILE = "ghost.json"
 LAYER_STATE_SIZES_KEY = "layer_state_sizes"
+# how the plugin caches the SSM state ("int8": int8 + per-head float32 scales); absent = vLLM's own dtypes
+STATE_DTYPE_KEY = "ghost_state_dtype"
+CACHED_STATE_DTYPES = ("int8",)
 FORMAT_VERSION = 1
 
 
@@ -64,6 +68,19 @@ def config_state_sizes(cfg: Mapping[str, Any] | Any, where: str = "config.json")
     return [int(n) for n in sizes]
 
 
+def config_state_dtype(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[str]:
+    """The SSM-state dtype a checkpoint asks the plugin to cache (``ghost_state_dtype``), or None (vLLM's own
+    ``--mamba-ssm-cache-dtype`` rules). Raises :class:`ModelError` on a value the plugin does not serve."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    value = get(STATE_DTYPE_KEY)
+    if value is None:
+        return None
+    if value not in CACHED_STATE_DTYPES:
+        raise ModelError(f"{where}: {STATE_DTYPE_KEY} {value!r} is not a state dtype the plugin serves (use "
+                         f"{', '.join(CACHED_STATE_DTYPES)}, or remove the key for vLLM's float32/bfloat16/float16)")
+    return str(value)
+
+
 def set_state_sizes(config: Any, family, sizes: Sequence[int]) -> None:
     """Write N'_l into a transformers config object: the family's d_state key(s) = the largest, and
     ``layer_state_sizes`` only when the layers differ (a family without per-layer budgets refuses those)."""
@@ -85,9 +102,12 @@ def mark_ghost_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any],
-                 source: Path, digest: str) -> dict[str, Any]:
+                 source: Path, digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
     """``ghost.json`` for ``pruned`` (:class:`ghost_vllm.pruning.Pruned`) of the model whose original
-    ``config.json`` dict is ``cfg``; ``recipe`` the resolved recipe, ``calibration`` the windows' description."""
+    ``config.json`` dict is ``cfg``; ``recipe`` the resolved recipe, ``calibration`` the windows' description.
+    ``state_dtype`` "int8": the state is cached as int8 + per-head scales (``state_bytes_*`` of the checkpoint price
+    that; the original stays at the model dtype), and :func:`write_checkpoint` puts ``ghost_state_dtype`` into
+    config.json."""
     from ghost_vllm import __version__
     from ghost_vllm.families import family_for_config
     from ghost_vllm.state import state_size_of
@@ -95,7 +115,7 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
     report, allocation, selection, dtype = pruned.report, pruned.allocation, pruned.selection, pruned.dtype
     family = family_for_config(cfg)
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
-    new = state_size_of(cfg, dtype=dtype, state_sizes=report.state_sizes)
+    new = state_size_of(cfg, dtype=dtype, ssm_dtype=state_dtype, state_sizes=report.state_sizes)
     return {
         "format_version": FORMAT_VERSION,
         "package": "ghost_vllm",
@@ -117,6 +137,7 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
         "state_bytes_per_sequence": new.bytes_per_sequence,
         "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
         "dtype": dtype,
+        **({"state_dtype": state_dtype} if state_dtype else {}),
         "layers": [layer.to_dict() for layer in report.layers],
         "calibration": calibration,
         "source": {"path": str(Path(source).resolve()), "sha256": digest},

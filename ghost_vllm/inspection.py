@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ghost_vllm.checkpoint import weight_shapes
-from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
+from ghost_vllm.ghost_format import config_state_dtype, is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
 
@@ -50,13 +50,15 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     ssm_dtype = family.default_ssm_cache_dtype(cfg) or dtype  # vLLM's "auto" (Nemotron-H keeps a float32 state)
     ghost = read_ghost_json(model_dir) if is_ghost_checkpoint(model_dir) else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
-    pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=ssm_dtype, state_sizes=per_layer)
+    served_ssm = config_state_dtype(cfg, f"{model_dir}/config.json") or ssm_dtype  # the plugin's int8 state
+    pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=served_ssm, state_sizes=per_layer)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype, ssm_dtype=ssm_dtype)
     return {
         "model": str(model_dir),
         "architecture": (cfg.get("architectures") or ["?"])[0],
         "dtype": dtype,
-        "ssm_dtype": ssm_dtype,
+        "ssm_dtype": served_ssm,
+        "ssm_dtype_original": ssm_dtype,
         "family": family.name,
         "layers": family.num_layers(cfg),
         "mamba_layers": family.mamba_layers(cfg),
@@ -111,7 +113,8 @@ def sequence_bytes(info: dict[str, Any]) -> tuple[int, int, str]:
 def format_inspection(info: dict[str, Any]) -> str:
     mib = 1 / 2**20
     lines = [
-        f"model            {info['model']} ({info['architecture']}, {info['dtype']}; SSM state {info['ssm_dtype']})",
+        f"model            {info['model']} ({info['architecture']}, {info['dtype']}; SSM state {info['ssm_dtype']}"
+        + (" + a float32 scale per head" if info["ssm_dtype"] == "int8" else "") + ")",
         f"layers           {info['layers']}" + (f" ({len(info['mamba_layers'])} with a Mamba2 mixer)"
                                                     if len(info["mamba_layers"]) != info["layers"] else "")
         + f", n_groups {info['n_groups']}",
@@ -121,7 +124,9 @@ def format_inspection(info: dict[str, Any]) -> str:
         + (f"  ({info['allocation']} allocation)" if info.get("allocation") else ""),
         f"bytes per layer  {' '.join(f'{b:,}' for b in info['bytes_per_layer'])}",
         f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
-        f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB)",
+        f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB"
+        + (f", SSM state {info['ssm_dtype_original']}" if info["ssm_dtype"] != info.get("ssm_dtype_original",
+                                                                                       info["ssm_dtype"]) else "") + ")",
         f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",
         f"reduction        {info['state_reduction_ratio']:.3f}× "
         + ("smaller Mamba state (a sequence also holds attention KV: below)" if info.get("hybrid") else

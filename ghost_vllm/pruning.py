@@ -107,9 +107,10 @@ class Pruned:
         return self.report.state_sizes
 
     def record(self, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any], source: Path,
-               digest: str) -> dict[str, Any]:
-        """``ghost.json`` for this result (:func:`ghost_vllm.ghost_format.ghost_record`)."""
-        return ghost_record(self, cfg, recipe, calibration, source, digest)
+               digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
+        """``ghost.json`` for this result (:func:`ghost_vllm.ghost_format.ghost_record`); ``state_dtype`` "int8"
+        when the checkpoint asks for the plugin's int8 SSM state."""
+        return ghost_record(self, cfg, recipe, calibration, source, digest, state_dtype)
 
 
 def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = SelectionSpec(), *,

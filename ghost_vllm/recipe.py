@@ -79,6 +79,7 @@ class SelectionSpec:
 class OutputSpec:
     dir: Optional[str] = None
     overwrite: bool = False
+    state_dtype: Optional[str] = None  # "int8": the checkpoint asks the plugin for an int8 SSM-state cache
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ def _validate(r: Recipe, where: str) -> None:
     if r.selection.multiple_of < 1:
         raise bad("selection.multiple_of", r.selection.multiple_of, "use a positive integer such as 8 (or 1: no rounding)")
     _validate_budgets(r.selection, bad)
+    if r.output.state_dtype is not None and r.output.state_dtype not in ("int8",):
+        raise bad("output.state_dtype", r.output.state_dtype, "allowed: int8 (the plugin's int8 + per-head scale SSM "
+                  "state); leave it out for vLLM's float32/bfloat16/float16 (--mamba-ssm-cache-dtype at serve time)")
     if r.model.dtype not in DTYPES:
         raise bad("model.dtype", r.model.dtype, f"allowed: {', '.join(DTYPES)}")
     if r.model.device not in DEVICES:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-from ghost_vllm.units import DTYPE_BYTES
+from ghost_vllm.units import DTYPE_BYTES, ssm_state_bytes
 
 
 __all__ = ["StateSize", "state_size_of"]
@@ -39,7 +39,8 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     """Mamba state per sequence for a ``config.json`` dict of any supported family (a dict without ``model_type`` is
     read as Mamba2): every Mamba layer at ``state_size``, or per Mamba layer at ``state_sizes``, or (neither given) as
     the config says (``layer_state_sizes`` when present). ``dtype`` is the conv-state dtype (default: the config's
-    ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same). Attention KV is not included
+    ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same; ``int8`` adds a float32 scale per
+    head, :func:`ghost_vllm.units.ssm_state_bytes`). Attention KV is not included
     (:mod:`ghost_vllm.planner.hybrid`). ``tensor_parallel_size`` > 1 gives what ONE rank holds per sequence (vLLM
     shards heads and conv channels; see :meth:`InProjLayout.state_elements`)."""
     from ghost_vllm.families import family_for_config
@@ -54,11 +55,12 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     layout = family.layout(config).with_state_size(max(state_sizes))
     dtype = dtype or str(config.get("torch_dtype") or config.get("dtype") or "float32")
     ssm_dtype = ssm_dtype or dtype
+    heads = layout.num_heads // tensor_parallel_size
     conv = ssm = 0
     per_layer = []
     for n in state_sizes:
         cl, sl = layout.with_state_size(int(n)).state_elements(tensor_parallel_size)
         conv, ssm = conv + cl, ssm + sl
-        per_layer.append(cl * DTYPE_BYTES[dtype] + sl * DTYPE_BYTES[ssm_dtype])
-    return StateSize(L, layout.state_size, conv, ssm, conv * DTYPE_BYTES[dtype], ssm * DTYPE_BYTES[ssm_dtype],
-                     tuple(per_layer))
+        per_layer.append(cl * DTYPE_BYTES[dtype] + ssm_state_bytes(sl, heads, ssm_dtype))
+    return StateSize(L, layout.state_size, conv, ssm, conv * DTYPE_BYTES[dtype],
+                     ssm_state_bytes(ssm, heads * L, ssm_dtype), tuple(per_layer))

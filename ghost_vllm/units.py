@@ -9,10 +9,24 @@ import re
 
 from ghost_vllm.errors import RecipeError
 
-__all__ = ["DTYPE_BYTES", "serving_dtypes", "parse_size", "format_size"]
+__all__ = ["DTYPE_BYTES", "STATE_DTYPES", "INT8_SCALE_BYTES", "ssm_state_bytes", "serving_dtypes", "parse_size",
+           "format_size"]
 
 # the dtypes vLLM (0.32/0.33) keeps conv and SSM states in (`--dtype`, `--mamba-ssm-cache-dtype`)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# the SSM-state dtypes the plugin serves: vLLM's, and int8 + one float32 scale per head (ghost_vllm.mamba.int8_state)
+STATE_DTYPES = (*DTYPE_BYTES, "int8")
+INT8_SCALE_BYTES = 4  # per head, layer and sequence
+
+
+def ssm_state_bytes(elements: int, heads: int, dtype: str) -> int:
+    """Bytes of ``elements`` SSM-state elements spread over ``heads`` heads (one layer's, or a sum of layers' with
+    their heads summed) in ``dtype``: int8 adds its per-head float32 scales."""
+    if dtype == "int8":
+        return elements + heads * INT8_SCALE_BYTES
+    if dtype not in DTYPE_BYTES:
+        raise RecipeError(f"SSM state dtype {dtype!r}: use one of {', '.join(STATE_DTYPES)}")
+    return elements * DTYPE_BYTES[dtype]
 
 
 

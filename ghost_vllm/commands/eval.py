@@ -1,8 +1,13 @@
-"""``ghost-vllm eval DIR``: perplexity, LAMBADA and MQAR recall of one checkpoint."""
+"""``ghost-vllm eval DIR``: perplexity, LAMBADA and MQAR recall of one checkpoint — with ``--state-dtype`` through
+the serving format: every mixer runs the reference scan and stores its SSM state in that format after every token,
+as the engine's decode step does (:mod:`ghost_vllm.loadtest.state_formats`; for int8 the one definition in
+:mod:`ghost_vllm.mamba.int8_state`). A prefill rounds only at the end of each chunk, so this is the cost of a long
+generation — the pessimistic side."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from ghost_vllm.commands.io import resolve_device
 from ghost_vllm.errors import GhostError
@@ -13,7 +18,6 @@ __all__ = ["run_eval"]
 def run_eval(args: argparse.Namespace) -> int:
     from ghost_vllm.checkpoint import load_model, load_tokenizer
     from ghost_vllm.sources import require_model_dir
-    from ghost_vllm.evaluate import lambada_accuracy, perplexity
 
     if not args.data and not args.lambada and not args.recall:
         raise GhostError("eval: nothing to evaluate; pass --data PATH_OR_NAME, --lambada PATH and/or --recall")
@@ -26,6 +30,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.lambada:
         check_source(args.lambada, "--lambada")
     model_dir = require_model_dir(args.model)
+    state_dtype = _state_dtype(args.state_dtype, model_dir)
     if args.recall:
         from ghost_vllm.checkpoint import read_config
 
@@ -35,7 +40,50 @@ def run_eval(args: argparse.Namespace) -> int:
                              f"(evaluate 'recall' or a checkpoint pruned from it)")
     tok = load_tokenizer(model_dir, args.tokenizer) if (args.data or args.lambada) else None
     model = load_model(model_dir, args.dtype, resolve_device(args.device))
-    report: dict = {"model": str(model_dir), "perplexity": [], "lambada": None, "recall": None}
+    with _stored_state(model, state_dtype):
+        report = _evaluate(args, model, tok, model_dir, state_dtype)
+    if args.json:
+        from ghost_vllm.commands.io import write_json_atomic
+
+        write_json_atomic(args.json, report)
+    return 0
+
+
+STATE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
+def _state_dtype(given: str, model_dir) -> str:
+    """The SSM-state format to score through (``auto``: the checkpoint's ``ghost_state_dtype``, else float32)."""
+    from ghost_vllm.checkpoint import read_config
+    from ghost_vllm.families import model_family
+    from ghost_vllm.ghost_format import config_state_dtype
+
+    if given not in STATE_DTYPES:
+        raise GhostError(f"--state-dtype {given!r}: use one of {', '.join(STATE_DTYPES)}")
+    cfg = read_config(model_dir)
+    chosen = (config_state_dtype(cfg, f"{model_dir}/config.json") or "float32") if given == "auto" else given
+    family = model_family(cfg, f"{model_dir}/config.json")
+    if chosen != "float32" and not family.int8_state:
+        raise GhostError(f"--state-dtype {chosen}: scoring through a stored state format is implemented for pure "
+                         f"Mamba2 models, not {family.name}; leave --state-dtype out")
+    return chosen
+
+
+def _stored_state(model, state_dtype: str):
+    if state_dtype == "float32":
+        return contextlib.nullcontext()
+    from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers
+
+    return stored_state_mixers(model, FORMATS[state_dtype])
+
+
+def _evaluate(args: argparse.Namespace, model, tok, model_dir, state_dtype: str) -> dict:
+    from ghost_vllm.evaluate import lambada_accuracy, perplexity
+
+    report: dict = {"model": str(model_dir), "state_dtype": state_dtype, "perplexity": [], "lambada": None,
+                    "recall": None}
+    if state_dtype != "float32":
+        print(f"SSM state stored as {state_dtype} after every token (the serving format's decode-time cost)")
     for source in args.data:
         r = perplexity(model, tok, source, seq_len=args.seq_len, batch_size=args.batch_size,
                        max_tokens=args.max_tokens, progress=not args.no_progress)
@@ -57,8 +105,4 @@ def run_eval(args: argparse.Namespace) -> int:
         print("  pairs     " + "  ".join(f"{p:>6}" for p in rr.per_pairs))
         print("  accuracy  " + "  ".join(f"{v:6.3f}" for v in rr.per_pairs.values()))
         print("  distance  " + "  ".join(f"{k}: {v:.3f}" for k, v in rr.per_distance.items()))
-    if args.json:
-        from ghost_vllm.commands.io import write_json_atomic
-
-        write_json_atomic(args.json, report)
-    return 0
+    return report

@@ -13,7 +13,7 @@ PRUNE_FLAGS = {
     "seed": "selection.seed", "allocation": "selection.allocation", "state_sizes": "selection.state_sizes",
     "min_state_size": "selection.min_state_size", "refit": "selection.refit", "calibration": "calibration.source",
     "nsamples": "calibration.nsamples", "seq_len": "calibration.seq_len", "batch_size": "calibration.batch_size",
-    "out": "output.dir", "overwrite": "output.overwrite",
+    "out": "output.dir", "overwrite": "output.overwrite", "state_dtype": "output.state_dtype",
 }
 
 

@@ -83,6 +83,9 @@ def _prune(recipe: Recipe, source: ModelSource, device: str, progress: bool) -> 
     cfg = source.config if mamba_ssm else validate_model_dir(model_dir)
     target = _check_target(recipe, model_dir)
     check_selection(cfg, recipe.selection, str(model_dir))
+    if recipe.output.state_dtype is not None and not source.family.int8_state:
+        raise RecipeError(f"output.state_dtype {recipe.output.state_dtype}: the int8 SSM state is served for pure "
+                          f"Mamba2 models only, not {source.family.name}; leave it out")
     c = recipe.calibration
     _check_calibration_fits(c.source, model_dir)
     tok_path = str(resolve_tokenizer_path(recipe.model.tokenizer)) if recipe.model.tokenizer else None
@@ -103,7 +106,7 @@ def _prune(recipe: Recipe, source: ModelSource, device: str, progress: bool) -> 
     else:
         model = load_model(model_dir, recipe.model.dtype, device)
     pruned = prune(model, calib, recipe.selection, batch_size=c.batch_size, progress=progress)
-    ghost = pruned.record(cfg, recipe.to_dict(), calib.spec(), model_dir, digest)
+    ghost = pruned.record(cfg, recipe.to_dict(), calib.spec(), model_dir, digest, recipe.output.state_dtype)
     write_checkpoint(model, target, ghost, model_dir, overwrite=recipe.output.overwrite,
                      tokenizer_override=tok_path)
     return PruneOutcome(target, ghost)

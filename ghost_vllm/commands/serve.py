@@ -1,11 +1,13 @@
-"""``ghost-vllm serve DIR [--auto-max-num-seqs] [vLLM args…]``: vLLM's OpenAI-compatible server for a (ghost)
+"""``ghost-vllm serve DIR [--auto-max-num-seqs] [--state-dtype int8] [vLLM args…]``: vLLM's OpenAI-compatible server for a (ghost)
 checkpoint, with the capacity check before the engine starts.
 
 It validates a ghost checkpoint, then — with the planner's arithmetic (:mod:`ghost_vllm.planner`) — works out how
 many Mamba cache blocks the state memory holds: on CPU with no cache size given it chooses one
 (:func:`~ghost_vllm.planner.cpu_cache.default_cpu_cache_bytes`) and passes ``--kv-cache-memory-bytes``; when
 ``--max-num-seqs`` (or vLLM's default for the platform) exceeds the blocks, it says so in one line and, with
-``--auto-max-num-seqs``, passes the largest value that starts. Then it replaces this process with
+``--auto-max-num-seqs``, passes the largest value that starts. ``--state-dtype int8`` becomes vLLM's
+``--hf-overrides`` (``ghost_state_dtype`` + the family's ghost architecture, merged with any overrides given), which
+is how plain ``vllm serve`` asks the plugin for the int8 state too. Then it replaces this process with
 ``python -m vllm.entrypoints.openai.api_server --model DIR …``.
 """
 
@@ -29,6 +31,37 @@ __all__ = ["server_command", "run_serve", "ServePlan", "plan_serve", "flag_value
 log = logging.getLogger(__name__)
 
 AUTO_FLAG = "--auto-max-num-seqs"
+STATE_FLAG = "--state-dtype"
+
+
+def take_state_dtype(extra: list[str], cfg: Optional[dict]) -> tuple[list[str], Optional[str]]:
+    """(vLLM arguments without ``--state-dtype``, the SSM state the plugin will cache: the flag's, else the
+    checkpoint's ``ghost_state_dtype``, else None = vLLM's dtypes). ``--state-dtype int8`` becomes ``--hf-overrides``."""
+    import json
+
+    from ghost_vllm.ghost_format import CACHED_STATE_DTYPES, STATE_DTYPE_KEY, config_state_dtype
+
+    given = flag_value(extra, STATE_FLAG)
+    rest = [a for i, a in enumerate(extra) if not (a == STATE_FLAG or a.startswith(STATE_FLAG + "=")
+                                                   or (i > 0 and extra[i - 1] == STATE_FLAG))]
+    if given is None:
+        return rest, config_state_dtype(cfg) if cfg is not None else None
+    if given not in CACHED_STATE_DTYPES:
+        raise RecipeError(f"{STATE_FLAG} {given!r}: the plugin caches {', '.join(CACHED_STATE_DTYPES)}; for float32, "
+                          f"bfloat16 or float16 use vLLM's --mamba-ssm-cache-dtype")
+    overrides: dict = {}
+    text = flag_value(rest, "--hf-overrides")
+    if text:
+        try:
+            overrides = json.loads(text)
+        except ValueError:
+            raise RecipeError(f"--hf-overrides {text!r}: not JSON; write it like '{{\"key\": value}}'") from None
+    overrides[STATE_DTYPE_KEY] = given
+    if cfg is not None:
+        from ghost_vllm.families import family_for_config
+
+        overrides["architectures"] = [family_for_config(cfg).ghost_architecture]
+    return set_flag(rest, "--hf-overrides", json.dumps(overrides)), given
 
 
 def server_command(model: str, extra: list[str]) -> list[str]:
@@ -73,10 +106,15 @@ def serve_choices(extra: list[str], cfg: Optional[dict] = None):
         # vLLM: the family's default (Nemotron-H float32), else the model dtype; "auto" serves a float32 checkpoint
         # in bfloat16 on GPU
         ssm = family_for_config(cfg).default_ssm_cache_dtype(cfg) or flag_value(extra, "--dtype") or "bfloat16"
+    prefix = (True if "--enable-prefix-caching" in extra else False if "--no-enable-prefix-caching" in extra
+              else None)
     return ServeChoices(tensor_parallel_size=int_flag(extra, 1, "--tensor-parallel-size", "-tp"),
                         pipeline_parallel_size=int_flag(extra, 1, "--pipeline-parallel-size", "-pp"),
                         mamba_backend=flag_value(extra, "--mamba-backend") or "triton",
-                        ssm_state_bytes=4 if ssm == "float32" else 2)
+                        ssm_state_bytes=4 if ssm == "float32" else 2,
+                        state_dtype=take_state_dtype(extra, cfg)[1],
+                        mamba_ssm_cache_dtype=flag_value(extra, "--mamba-ssm-cache-dtype") or "auto",
+                        prefix_caching=prefix)
 
 
 def cpu_thread_binding(ranks: int, allowed: list[int]) -> str:
@@ -148,10 +186,14 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
         model = resolve_plan_model(str(model_dir))
     except GhostError:
         model = None
+    extra, state_dtype = take_state_dtype(extra, model.config if model is not None else None)
     if model is None or model.hybrid:  # not ours, or a hybrid (blocks depend on context): vLLM checks its own
         return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])
     dtype, ssm = serving_dtypes(model.config_dtype, flag_value(extra, "--dtype") or "auto",
                                 flag_value(extra, "--mamba-ssm-cache-dtype") or "auto")
+    if state_dtype == "int8":
+        ssm = "int8"
+        lines.append("SSM state cached as int8 + a float32 scale per head (ghost_state_dtype int8)")
     tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
     bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp)
     estimate = ""

@@ -65,6 +65,7 @@ class Family(ABC):
     kind_keys: ClassVar[tuple[str, ...]] = ()  # config keys listing each layer's kind (see :func:`layer_kinds`)
     pattern_key: ClassVar[Optional[str]] = None  # or a pattern string of M / * / - / E
     per_layer_budgets: ClassVar[bool] = False  # served with per-layer N'_l (needs a model class that builds them)
+    int8_state: ClassVar[bool] = False  # the plugin's int8 SSM-state cache (ghost_vllm.plugin.int8_mixer)
     supports_backward_scoring: ClassVar[bool] = False  # methods that differentiate through our reference mixer
     supports_refit: ClassVar[bool] = True  # the readout refit (ghost_vllm.refit) through refit_residual/_scale
 

@@ -3,7 +3,9 @@
 
 float32 / bfloat16 / float16: a cast and back (vLLM's ``--mamba-ssm-cache-dtype`` today). fp8_e4m3 / int8: one
 float32 scale per head and sequence (amax over head_dim × N, mapped to the format's largest value: 448 / 127) —
-the shape of the upstream int8/fp8 state-cache proposals; the scales are counted in the bytes."""
+the shape of the upstream int8/fp8 state-cache proposals; the scales are counted in the bytes. int8 is the format the
+plugin serves (``ghost_vllm.mamba.int8_state``, one definition); ``int8_row`` (a scale per (head, head_dim) row) and
+``int8_sr`` (stochastic rounding, seeded) are its measured alternatives."""
 
 from __future__ import annotations
 
@@ -13,36 +15,42 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["StateFormat", "FORMATS", "stored_state_mixers"]
+from ghost_vllm.mamba import int8_state
+
+__all__ = ["StateFormat", "FORMATS", "INT8_VARIANTS", "stored_state_mixers"]
 
 
 @dataclass(frozen=True)
 class StateFormat:
     name: str
     element_bytes: int
-    scale_bytes_per_head: int  # per sequence, per layer
+    scale_bytes_per_head: int  # per sequence, per layer (per head_dim row where ``granularity`` is "row")
+    granularity: str = "head"
+    stochastic: bool = False
 
     def ssm_bytes(self, heads: int, head_dim: int, state_size: int) -> int:
         """SSM state bytes of one layer and one sequence in this format."""
-        return heads * head_dim * state_size * self.element_bytes + heads * self.scale_bytes_per_head
+        rows = head_dim if self.granularity == "row" else 1
+        return heads * head_dim * state_size * self.element_bytes + heads * rows * self.scale_bytes_per_head
 
-    def round_(self, h: torch.Tensor) -> None:
+    def round_(self, h: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Round ``h [b, H, P, N]`` (float32) to this format in place."""
         if self.name == "float32":
             return
         if self.name in ("bfloat16", "float16"):
             h.copy_(h.to(getattr(torch, self.name)).float())
             return
-        fmax = 448.0 if self.name == "fp8_e4m3" else 127.0
-        scale = h.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-30) / fmax  # [b, H, 1, 1]
         if self.name == "fp8_e4m3":
+            scale = h.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-30) / 448.0  # [b, H, 1, 1]
             h.copy_((h / scale).to(torch.float8_e4m3fn).float() * scale)
-        else:
-            h.copy_((h / scale).round_().clamp_(-127, 127) * scale)
+            return
+        int8_state.round_trip_(h, self.granularity, generator if self.stochastic else None)
 
 
 FORMATS = {f.name: f for f in (StateFormat("float32", 4, 0), StateFormat("bfloat16", 2, 0),
                                StateFormat("float16", 2, 0), StateFormat("fp8_e4m3", 1, 4), StateFormat("int8", 1, 4))}
+# measured alternatives of the served int8 format (not in the frontier grid)
+INT8_VARIANTS = {f.name: f for f in (StateFormat("int8_row", 1, 4, "row"), StateFormat("int8_sr", 1, 4, "head", True))}
 
 
 @contextlib.contextmanager
@@ -52,7 +60,8 @@ def stored_state_mixers(model, fmt: StateFormat) -> Iterator[None]:
     from ghost_vllm.mamba.reference import mixer_forward
     from ghost_vllm.stats.capture import patched_mixers
 
-    store = None if fmt.name == "float32" else fmt.round_
+    generator = torch.Generator().manual_seed(0)
+    store = None if fmt.name == "float32" else (lambda h: fmt.round_(h, generator))
 
     def forward(i, mixer, layout, hidden):
         return mixer_forward(mixer, layout, hidden, on_store=store)

@@ -4,7 +4,7 @@ against vLLM's own ``MambaStateShapeCalculator`` and ``MambaSpec.page_size_bytes
 * per layer and per worker (``mamba2_state_shape``): n_groups grows to ``tp`` when ``tp`` does not divide it
   (``extra_groups_for_head_shards``); conv state ``(K-1) × (I + 2·G·N_l)/tp`` elements at the conv dtype, SSM state
   ``H/tp × head_dim × N_l`` at the SSM dtype (``mamba2_state_dtype``: conv = model dtype, SSM = ``mamba_ssm_cache_dtype``
-  or the conv dtype when ``auto``);
+  or the conv dtype when ``auto``); the plugin's int8 state adds one float32 scale per head (``H/tp`` × 4 B);
 * page of a layer = conv bytes + SSM bytes; a block holds one sequence's state in every layer, so
   ``bytes_per_block = Σ_l page_l`` (ghost per-layer checkpoints, one ``GhostMambaSpec`` group) — stock vLLM pads every
   page to the largest (``unify_kv_cache_spec_page_size``), ``L × max_l page_l``;
@@ -21,7 +21,7 @@ from typing import Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import InProjLayout, extra_groups
-from ghost_vllm.units import DTYPE_BYTES
+from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPES, ssm_state_bytes
 
 __all__ = ["BlockMath", "block_math", "num_blocks"]
 
@@ -55,9 +55,10 @@ def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str
     if tp < 1 or layout.num_heads % tp:
         raise RecipeError(f"--tensor-parallel-size {tp}: must be a positive divisor of the model's num_heads "
                           f"{layout.num_heads}")
-    for name in (conv_dtype, ssm_dtype):
-        if name not in DTYPE_BYTES:
-            raise RecipeError(f"state dtype {name!r}: use one of {', '.join(DTYPE_BYTES)}")
+    if conv_dtype not in DTYPE_BYTES:
+        raise RecipeError(f"state dtype {conv_dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
+    if ssm_dtype not in STATE_DTYPES:
+        raise RecipeError(f"SSM state dtype {ssm_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
     conv, ssm = [], []
     for n in state_sizes:
         conv_dim = layout.intermediate_size + 2 * (layout.n_groups + extra_groups(layout.n_groups, tp)) * int(n)
@@ -65,7 +66,7 @@ def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str
             raise RecipeError(f"--tensor-parallel-size {tp}: does not divide the conv channels {conv_dim}")
         c, s = layout.with_state_size(int(n)).state_elements(tp)
         conv.append(c * DTYPE_BYTES[conv_dtype])
-        ssm.append(s * DTYPE_BYTES[ssm_dtype])
+        ssm.append(ssm_state_bytes(s, layout.num_heads // tp, ssm_dtype))
     return BlockMath(tuple(conv), tuple(ssm), padded)
 
 

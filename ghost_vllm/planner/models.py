@@ -40,6 +40,13 @@ class PlanModel:
     def config_dtype(self) -> str:
         return str(self.config.get("torch_dtype") or self.config.get("dtype") or "float32")
 
+    @property
+    def state_dtype(self) -> Optional[str]:
+        """The SSM-state dtype the checkpoint asks the plugin for (``ghost_state_dtype``), or None."""
+        from ghost_vllm.ghost_format import config_state_dtype
+
+        return config_state_dtype(self.config, f"{self.name}/config.json")
+
 
 def bundled_names() -> list[str]:
     from ghost_vllm.mamba.mamba_ssm_format import REAL_CONFIGS

@@ -45,6 +45,7 @@ class PlanSettings:
     overhead: int = DEFAULT_OVERHEAD
     dtype: str = "auto"  # weights and conv state; auto = the checkpoint's, float32 → bfloat16 (vLLM's GPU rule)
     mamba_ssm_cache_dtype: str = "auto"
+    state_dtype: str = "auto"  # the plugin's SSM state: auto = the checkpoint's ghost_state_dtype, else vLLM's; int8
     tensor_parallel_size: int = 1
     max_model_len: Optional[int] = None  # recorded; a pure Mamba2 state does not grow with context
     multiple_of: int = 1  # what-if variants: N' rounded as `ghost-vllm prune --multiple-of` does
@@ -63,6 +64,12 @@ class PlanSettings:
             raise RecipeError(f"--dtype {self.dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
         if self.mamba_ssm_cache_dtype not in ("auto", *DTYPE_BYTES):
             raise RecipeError(f"--mamba-ssm-cache-dtype {self.mamba_ssm_cache_dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
+        if self.state_dtype not in ("auto", "int8"):
+            raise RecipeError(f"--state-dtype {self.state_dtype!r}: use auto (the checkpoint's) or int8 (the plugin's "
+                              f"int8 state; float32/bfloat16/float16 are --mamba-ssm-cache-dtype)")
+        if self.state_dtype == "int8" and self.mamba_ssm_cache_dtype != "auto":
+            raise RecipeError(f"--state-dtype int8 with --mamba-ssm-cache-dtype {self.mamba_ssm_cache_dtype}: give "
+                              f"one of them")
         if self.tensor_parallel_size < 1:
             raise RecipeError(f"--tensor-parallel-size {self.tensor_parallel_size}: must be >= 1")
         if self.overhead < 0:
@@ -80,6 +87,9 @@ class PlanSettings:
         return serving_dtypes(model.config_dtype, self.dtype)[0]
 
     def ssm_dtype(self, model: PlanModel) -> str:
+        if self.state_dtype == "int8" or (self.state_dtype == "auto" and self.mamba_ssm_cache_dtype == "auto"
+                                          and model.state_dtype == "int8"):
+            return "int8"
         return serving_dtypes(model.config_dtype, self.dtype, self.mamba_ssm_cache_dtype)[1]
 
 
@@ -158,13 +168,18 @@ def _hybrid_row(model: PlanModel, variant: str, sizes: Sequence[int], method: st
 
 def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
     if model.hybrid:
+        if s.state_dtype == "int8" or model.state_dtype == "int8":
+            raise RecipeError(f"{model.name}: the int8 SSM state is served for pure Mamba2 models only; plan this "
+                              f"hybrid with --mamba-ssm-cache-dtype")
         return _hybrid_row(model, variant, sizes, method, s)
     bm = block_math(InProjLayout.from_config(model.config), sizes, s.model_dtype(model), s.ssm_dtype(model),
                     s.tensor_parallel_size, s.padded)
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
     L, N = len(sizes), model.original_state_size
-    q = measured_quality(model.origin, method, sizes, s.results, model.calibration if model.pruned else None)
+    # the measured figures are for a float32/16-bit state; an int8 state's cost is `ghost-vllm eval --state-dtype int8`
+    q = None if s.ssm_dtype(model) == "int8" else measured_quality(model.origin, method, sizes, s.results,
+                                                                   model.calibration if model.pruned else None)
     return PlanRow(
         model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
         dtype=s.model_dtype(model), ssm_dtype=s.ssm_dtype(model), tensor_parallel_size=s.tensor_parallel_size,

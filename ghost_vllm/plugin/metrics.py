@@ -90,8 +90,13 @@ class GhostStatLogger(StatLoggerBase):
         n = family_for_config(hf).state_size(hf)
         n0 = int(self.info.get("state_size_original", n))
         tp = int(getattr(getattr(vllm_config, "parallel_config", None), "tensor_parallel_size", 1) or 1)
-        # per-layer sizes where the checkpoint has them; one rank's share
-        self.pruned_bytes = state_bytes(hf, None, conv_dtype, ssm_dtype, tp)
+        # per-layer sizes where the checkpoint has them; one rank's share. The served state may be the plugin's int8
+        # (+ per-head scales); "original" is the dense model in vLLM's own SSM dtype, as it would be served without
+        # ghost_vllm
+        from ghost_vllm.ghost_format import config_state_dtype
+
+        served_ssm = config_state_dtype(hf) or ssm_dtype
+        self.pruned_bytes = state_bytes(hf, None, conv_dtype, served_ssm, tp)
         self.dense_bytes = state_bytes(hf, n0, conv_dtype, ssm_dtype, tp)
         label = {"model_name": self.model_name}
         self.m.tp.labels(**label).set(tp)

@@ -24,7 +24,7 @@ from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.models.config import MambaModelConfig
 from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausalLM
 
-from ghost_vllm.ghost_format import config_state_sizes
+from ghost_vllm.ghost_format import config_state_dtype, config_state_sizes, is_ghost_checkpoint
 from ghost_vllm.mamba.budgets import is_uniform
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def check_checkpoint(model: str) -> None:
-    if os.path.isdir(model):
+    if os.path.isdir(model) and not is_ghost_checkpoint(Path(model)):
+        log.info("%s is not a ghost checkpoint (no ghost.json): served as it is", model)
+    elif os.path.isdir(model):
         info = validate_ghost_checkpoint(Path(model))
         log.info("ghost checkpoint %s: state_size %d → %d, %d B/sequence (%.3f× smaller state)", model,
                  info["state_size_original"], info["state_size"], info["bytes_per_sequence"],
@@ -53,6 +55,13 @@ class GhostMambaModelConfig(MambaModelConfig):
         check_checkpoint(vllm_config.model_config.model)
         preflight_vllm_config(vllm_config)
         super().verify_and_update_config(vllm_config)
+        if config_state_dtype(vllm_config.model_config.hf_config) == "int8":
+            from ghost_vllm.plugin.int8_mixer import int8_unsupported
+
+            # after vLLM's defaults: pure Mamba2 serves with prefix caching off, but say so if it was turned on
+            problem = int8_unsupported(vllm_config)
+            if problem:
+                raise ValueError(f"ghost int8 SSM state: {problem}")
 
 
 class GhostMambaMixer2(MambaMixer2):
@@ -70,7 +79,13 @@ class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         check_checkpoint(vllm_config.model_config.model)  # again in the worker: the config map may have been bypassed
-        sizes = config_state_sizes(vllm_config.model_config.hf_config)
+        hf = vllm_config.model_config.hf_config
+        sizes = config_state_sizes(hf)
+        int8 = config_state_dtype(hf) == "int8"
+        if int8:
+            from ghost_vllm.plugin.int8_mixer import check_int8_engine
+
+            check_int8_engine(vllm_config)
         if not is_uniform(sizes):
             from ghost_vllm_patches import PATCHES, apply_patch
 
@@ -78,6 +93,13 @@ class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         if not is_uniform(sizes):
             self._build_per_layer(vllm_config, sizes)
+        if int8:
+            from ghost_vllm.plugin.int8_mixer import GhostInt8MambaMixer2
+
+            for layer in self.backbone.layers:
+                if isinstance(layer, Mamba2DecoderLayer):
+                    layer.mixer.__class__ = GhostInt8MambaMixer2
+            log.info("ghost int8 SSM state: int8 + one float32 scale per head in every Mamba layer")
 
     def _build_per_layer(self, vllm_config, sizes: list[int]) -> None:
         hf = vllm_config.model_config.hf_config

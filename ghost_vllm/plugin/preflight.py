@@ -18,12 +18,15 @@ plugin's config-map classes run them in vLLM's front-end process (plain ``vllm s
   with a float32 state; head_dim a multiple of 64; heads per group a power of two ≤ 64 (``common.cuh``). Any other
   N'_l fails at the first decode step with "Ninja build failed"; the default Triton backend masks any d_state
   (``ghost_vllm.kernels`` proves it at every size the product emits).
+* **int8 SSM state** (``ghost_state_dtype: int8``, :mod:`ghost_vllm.plugin.int8_mixer`): pure Mamba2 only (the
+  family's ``int8_state``); its own state update, so no ``--mamba-backend flashinfer`` and no
+  ``--mamba-ssm-cache-dtype`` beside it; no prefix caching (checked again once vLLM has resolved its defaults).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import extra_groups, tp_shard_problem
@@ -38,6 +41,9 @@ class ServeChoices:
     pipeline_parallel_size: int = 1
     mamba_backend: str = "triton"
     ssm_state_bytes: int = 2  # bytes per SSM-state element in the cache (float32 4, bfloat16/float16 2)
+    state_dtype: Optional[str] = None  # the plugin's SSM state ("int8") or None (vLLM's dtypes)
+    mamba_ssm_cache_dtype: str = "auto"  # as given
+    prefix_caching: Optional[bool] = None  # as given (None: vLLM's default)
 
 
 def flashinfer_ssu_problem(state_size: int, head_dim: int, heads_per_group: int, ssm_state_bytes: int) -> str:
@@ -96,6 +102,20 @@ def preflight(cfg: Mapping[str, Any] | Any, state_sizes: Sequence[int], choices:
     if pp < 1 or (layers and pp > layers):
         raise RecipeError(f"--pipeline-parallel-size {pp}: must be between 1 and the model's {layers} decoder layers "
                           f"({where})")
+    if choices.state_dtype == "int8":
+        family = family_for_config(cfg)
+        if not family.int8_state:
+            raise RecipeError(f"int8 SSM state: served for pure Mamba2 models only, not {family.name} ({where}); "
+                              f"serve it with --mamba-ssm-cache-dtype float32|bfloat16|float16")
+        if choices.mamba_backend.lower() == "flashinfer":
+            raise RecipeError(f"--mamba-backend flashinfer: the int8 SSM state has its own state update ({where}); "
+                              f"drop the flag")
+        if choices.mamba_ssm_cache_dtype not in ("auto", "", "None"):
+            raise RecipeError(f"--mamba-ssm-cache-dtype {choices.mamba_ssm_cache_dtype}: the SSM state is int8 "
+                              f"({where}); drop the flag, or serve without the int8 state")
+        if choices.prefix_caching:
+            raise RecipeError(f"--enable-prefix-caching: not supported with the int8 SSM state ({where}); pass "
+                              f"--no-enable-prefix-caching")
     if choices.mamba_backend.lower() == "flashinfer":
         layout = family_for_config(cfg).layout(cfg)
         ratio = (heads // tp) // max((groups + extra_groups(groups, tp)) // tp, 1)
@@ -110,16 +130,18 @@ def preflight(cfg: Mapping[str, Any] | Any, state_sizes: Sequence[int], choices:
 def preflight_vllm_config(vllm_config) -> None:
     """:func:`preflight` from vLLM's own config (front-end process, plain ``vllm serve``); attribute reads only."""
     from ghost_vllm.families import family_for_config
+    from ghost_vllm.ghost_format import config_state_dtype
 
     hf = vllm_config.model_config.hf_config
     parallel = getattr(vllm_config, "parallel_config", None)
     backend = getattr(getattr(vllm_config, "mamba_config", None), "backend", None)
     cache = getattr(vllm_config, "cache_config", None)
-    ssm = str(getattr(cache, "mamba_ssm_cache_dtype", "auto") or "auto")
+    ssm = given = str(getattr(cache, "mamba_ssm_cache_dtype", "auto") or "auto")
     if ssm == "auto":
         ssm = str(family_for_config(hf).default_ssm_cache_dtype(hf) or getattr(vllm_config.model_config, "dtype", ""))
     choices = ServeChoices(tensor_parallel_size=int(getattr(parallel, "tensor_parallel_size", 1) or 1),
                            pipeline_parallel_size=int(getattr(parallel, "pipeline_parallel_size", 1) or 1),
                            mamba_backend=str(getattr(backend, "value", backend or "triton")),
-                           ssm_state_bytes=4 if "float32" in ssm else 2)
+                           ssm_state_bytes=4 if "float32" in ssm else 2,
+                           state_dtype=config_state_dtype(hf), mamba_ssm_cache_dtype=given)
     preflight(hf, family_for_config(hf).state_sizes(hf), choices, where=str(vllm_config.model_config.model))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ghost_vllm.checkpoint import validate_model_dir
-from ghost_vllm.ghost_format import read_ghost_json
+from ghost_vllm.ghost_format import config_state_dtype, read_ghost_json
 from ghost_vllm.families import model_family
 from ghost_vllm.errors import CheckpointError, ModelError
 from ghost_vllm.inspection import inspect_checkpoint, layer_state_sizes
@@ -35,6 +35,10 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
     if ghost.get("state_sizes", sizes) != sizes:
         raise CheckpointError(f"{model_dir}: ghost.json says per-layer state sizes {ghost.get('state_sizes')} but "
                               f"config.json says {sizes}; the checkpoint was edited or mixed — re-run 'ghost-vllm prune'")
+    if ghost.get("state_dtype") != config_state_dtype(cfg, f"{model_dir}/config.json"):
+        raise CheckpointError(f"{model_dir}: ghost.json says state dtype {ghost.get('state_dtype')} but config.json "
+                              f"says {config_state_dtype(cfg)}; the checkpoint was edited or mixed — re-run "
+                              f"'ghost-vllm prune' (or ask for the int8 state at serve time: --state-dtype int8)")
     per_layer = layer_state_sizes(model_dir, cfg)
     for i, (n, want) in enumerate(zip(per_layer, sizes)):
         if n != want:

@@ -3,10 +3,14 @@
     python tests/helpers/vllm_jobs.py SPEC.json OUT.json
 
 SPEC: {"jobs": [{"model": DIR, "prompts": [[ids...], ...], "max_tokens": 8, "kv_cache_memory_bytes": N,
-                 "max_model_len": 512, "mamba_ssm_cache_dtype": "auto", "apply_patches": ["patch-name", ...]}]}
+                 "max_model_len": 512, "mamba_ssm_cache_dtype": "auto", "apply_patches": ["patch-name", ...],
+                 "hf_overrides": {...}, "score": [[ids...], ...], "long_prefill_token_threshold": 1}]}
 ("apply_patches" installs ghost_vllm_patches in this process first; run with VLLM_ENABLE_V1_MULTIPROCESSING=0 so
 the engine runs in this process too.)
-OUT:  {"results": [{"model": DIR, "tokens": [[ids...]], "num_gpu_blocks": N, "error": null | "Type: message"}]}
+OUT:  {"results": [{"model": DIR, "tokens": [[ids...]], "num_gpu_blocks": N, "error": null | "Type: message",
+                   "nll": [float, ...] (with "score": −Σ log p of each prompt's tokens after its first)}]}
+"long_prefill_token_threshold": 1 feeds every prompt one token per engine step, so each token's state goes through
+the cache (what decode does) and prompt log-probabilities see the stored state format.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ def run_job(job: dict) -> dict:
             max_num_seqs=int(job.get("max_num_seqs", 256)),
             mamba_ssm_cache_dtype=job.get("mamba_ssm_cache_dtype", "auto"),
             enforce_eager=True,
-            enable_prefix_caching=False,
+            enable_prefix_caching=bool(job.get("enable_prefix_caching", False)),
             seed=0,
+            **({"hf_overrides": job["hf_overrides"]} if job.get("hf_overrides") else {}),
+            **({"long_prefill_token_threshold": int(job["long_prefill_token_threshold"]),
+                "enable_chunked_prefill": True} if job.get("long_prefill_token_threshold") else {}),
         )
     except Exception as e:  # the tests assert on this message
         out["error"] = f"{type(e).__name__}: {e}"
@@ -45,6 +52,11 @@ def run_job(job: dict) -> dict:
         params = SamplingParams(temperature=0.0, max_tokens=int(job.get("max_tokens", 8)), ignore_eos=True)
         results = llm.generate([{"prompt_token_ids": p} for p in job["prompts"]], params, use_tqdm=False)
         out["tokens"] = [list(r.outputs[0].token_ids) for r in results]
+    if job.get("score"):  # Σ −log p(token) over every prompt token after the first, per prompt (prompt_logprobs)
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        results = llm.generate([{"prompt_token_ids": p} for p in job["score"]], params, use_tqdm=False)
+        out["nll"] = [-sum(lp[t].logprob for lp, t in zip(r.prompt_logprobs[1:], p[1:]))
+                      for r, p in zip(results, job["score"])]
     del llm
     gc.collect()
     return out
