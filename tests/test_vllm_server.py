@@ -1,5 +1,6 @@
 """A real OpenAI-compatible vLLM server on 127.0.0.1 serving a ghost checkpoint, driven by the official openai
-client; /metrics carries the ghost: metrics with the values `ghost-vllm inspect` computes; the server stops cleanly."""
+client; /metrics carries the ghost: metrics with the values `ghost-vllm inspect` computes; the server stops cleanly.
+The first checkpoint asks for the int8 SSM state, so the server path (and its metrics) run that format too."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def test_openai_client_and_ghost_metrics(tmp_path):
     dense, pruned = tmp_path / "dense", tmp_path / "ghost50"
     save_tiny_checkpoint(dense, seed=21, n_groups=1)
     assert cli(["prune", "--model", str(dense), "--calibration", str(CALIBRATION_TEXT), "--nsamples", "8",
-                "--seq-len", "32", "--out", str(pruned), "--no-progress", "--allocation", "uniform"]) == 0
+                "--seq-len", "32", "--out", str(pruned), "--no-progress", "--allocation", "uniform",
+                "--state-dtype", "int8"]) == 0
     info = inspect_checkpoint(pruned)
+    assert info["ssm_dtype"] == "int8" and info["ssm_dtype_original"] == "float32"
 
     server = VLLMServer(str(pruned), ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
                                       "--kv-cache-memory-bytes", str(KV_BYTES), "--served-model-name", "tiny-ghost"],
