@@ -20,7 +20,10 @@ What it measures (each written to ``gpu_kernels.json`` + ``gpu_kernels.md`` unde
 3. **prefill** (``causal_conv1d_fn`` + ``mamba_chunk_scan_combined_varlen``, chunk 256) for 1 … 512 sequences of 128
    tokens at every N';
 4. **pruning on CUDA**: ``ghost-vllm prune`` on random mamba2-2.7b weights (mamba_ssm layout, bfloat16), 128 × 128
-   calibration tokens of the bundled held-out text: wall time, calibration time, peak GPU memory.
+   calibration tokens of the bundled held-out text: wall time, calibration time, peak GPU memory;
+5. **the int8 state** (:mod:`ghost_vllm.kernels.int8_state`): its check (:mod:`ghost_vllm.kernels.int8_check`,
+   compiled) and the state update alone — vLLM's ``selective_state_update`` on the bfloat16 cache vs the fused int8
+   update (int8 + per-head scale in, float32 in registers, int8 + scale out) — for the same batches and N'.
 
 Ratios pruned / dense are what to read: the state traffic of a decode step scales with N'.
 """
@@ -115,6 +118,34 @@ def time_decode(ops, shape: dict, n: int, batch: int, device: str, dtype, warmup
     return _median_ms(lambda: mixer_decode(ops, p, xbc, dt, conv_cache, ssm_cache, idx), device, warmup, iters)
 
 
+def time_state_update(ops, shape: dict, n: int, batch: int, device: str, dtype, warmup: int, iters: int,
+                      int8: bool) -> float:
+    """The state update alone for one layer: vLLM's ``selective_state_update`` on a ``dtype`` cache, or (``int8``)
+    :func:`~ghost_vllm.kernels.int8_state.int8_state_update` on an int8 cache with per-head scales."""
+    import torch
+
+    from ghost_vllm.kernels.int8_state import int8_state_update
+
+    g = torch.Generator(device=device).manual_seed(0)
+    p, _ = _params(shape, n, device, torch.float32, g)
+    H, P, G = shape["num_heads"], shape["head_dim"], shape["n_groups"]
+    kw = dict(device=device, dtype=dtype)
+    x, dt = torch.randn(batch, H, P, generator=g, **kw), torch.randn(batch, H, generator=g, **kw)
+    B, C = torch.randn(batch, G, n, generator=g, **kw), torch.randn(batch, G, n, generator=g, **kw)
+    y = torch.zeros(batch, H, P, **kw)
+    idx = torch.arange(1, batch + 1, dtype=torch.int32, device=device)
+    if int8:
+        q = torch.randint(-127, 128, (batch + 1, H, P, n), generator=g, device=device, dtype=torch.int8)
+        scale = torch.rand(batch + 1, H, generator=g, device=device) * 1e-2
+        return _median_ms(lambda: int8_state_update(q, scale, x, dt, p.A, B, C, p.D, p.dt_bias,
+                                                    state_batch_indices=idx, out=y), device, warmup, iters)
+    cache = torch.randn(batch + 1, H, P, n, generator=g, **kw)
+    return _median_ms(lambda: ops.selective_state_update(
+        cache, x, dt[:, :, None].expand(-1, -1, P), p.A[:, None, None].expand(-1, P, n), B, C,
+        p.D[:, None].expand(-1, P), p.dt_bias[:, None].expand(-1, P), dt_softplus=True, state_batch_indices=idx,
+        dst_state_batch_indices=idx, out=y), device, warmup, iters)
+
+
 def time_prefill(ops, shape: dict, n: int, batch: int, seq_len: int, chunk: int, device: str, dtype, warmup: int,
                  iters: int) -> float:
     """One prefill of one layer (:func:`~ghost_vllm.kernels.check.mixer_prefill`: conv + chunked SSD),
@@ -194,6 +225,15 @@ def markdown(report: dict) -> str:
     for b, row in report["prefill_ms"].items():
         ratio = row.get("64", 0) / row["128"] if row.get("128") else float("nan")
         lines.append(f"| {b} | " + " | ".join(f"{row[str(n)]:.3f}" for n in sizes) + f" | {ratio:.3f} |")
+    if report.get("state_update_ms"):
+        ok = sum(c["ok"] for c in report["int8_correctness"])
+        lines += ["", "## The int8 state", "", f"Check (`ghost_vllm.kernels.int8_check`, compiled): {ok} of "
+                  f"{len(report['int8_correctness'])} cases pass. State update alone, ms per layer "
+                  f"(vLLM's on the {report['cache_dtype']} cache / the fused int8 update):", "",
+                  "| batch | " + " | ".join(f"N'={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for b, row in report["state_update_ms"].items():
+            lines.append(f"| {b} | " + " | ".join(" / ".join(f"{v:.3f}" for v in row[str(n)].values())
+                                               for n in sizes) + " |")
     p = report.get("prune")
     if p:
         lines += ["", "## Pruning on the device", "", f"`ghost-vllm prune` {p['model']} (random weights, bfloat16), "
@@ -269,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                                                           max(iters // 5, 1)) for n in sizes}
                             for b in prefill_batches}
     print("prefill timed", flush=True)
+    from ghost_vllm.kernels.int8_check import CASES as INT8_CASES, run_case as int8_case
+
+    int8 = [int8_case(c, ops, device, seed=i) for i, c in enumerate(INT8_CASES[:2] if args.smoke else INT8_CASES)]
+    report["int8_correctness"] = [{"label": r["label"], "ok": r["ok"], "failed_checks": r["failed_checks"],
+                                   "max_error": max(r["errors"].values())} for r in int8]
+    report["state_update_ms"] = {str(b): {str(n): {
+        "vllm_" + report["cache_dtype"]: time_state_update(ops, shape, n, b, device, dtype, warmup, iters, False),
+        "int8": time_state_update(ops, shape, n, b, device, dtype, warmup, iters, True)} for n in sizes}
+        for b in batches}
+    print("int8 state checked and timed", flush=True)
     if not args.skip_prune:
         work = Path(os.environ.get("TMPDIR", "/tmp")) / "ghost-gpu-prune"
         work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_kernels.json").write_text(json.dumps(report, indent=1))
     (args.out / "gpu_kernels.md").write_text(markdown(report))
-    ok = all(c["ok"] for c in correctness) and (args.skip_prune or report["prune"]["rc"] == 0)
+    ok = (all(c["ok"] for c in correctness) and all(c["ok"] for c in report["int8_correctness"])
+          and (args.skip_prune or report["prune"]["rc"] == 0))
     print(f"{'ok' if ok else 'FAILED'} in {report['seconds']} s → {args.out}/gpu_kernels.md")
     return 0 if ok else 1
 

@@ -32,6 +32,9 @@ def test_gpu_script_prepares_and_runs_every_path_under_the_interpreter(tmp_path)
     assert all(c["ok"] for c in report["correctness"])
     assert set(report["decode_ms"]) == {"1", "2"} and all(v > 0 for row in report["decode_ms"].values()
                                                             for v in row.values())
+    assert len(report["int8_correctness"]) == 2 and all(c["ok"] for c in report["int8_correctness"])
+    assert all(v > 0 for row in report["state_update_ms"].values() for per_n in row.values() for v in per_n.values())
+    assert "## The int8 state" in (out / "gpu_kernels.md").read_text()
     p = report["prune"]  # the default recipe: per-layer sizes at the uniform cut's channels (64 per layer) + refit
     assert p["rc"] == 0 and p["allocation"] == "adaptive" and p["refit"]
     assert sum(p["state_sizes"]) == 64 * len(p["state_sizes"]) and p["state_size"] == max(p["state_sizes"])
