@@ -168,3 +168,18 @@ def test_eval_scores_through_the_int8_state(tiny_dirs, calib_text, tmp_path):
     assert reports["int8"]["state_dtype"] == "int8"
     a, b = reports["float32"]["perplexity"][0]["token_ppl"], reports["int8"]["perplexity"][0]["token_ppl"]
     assert a != b and abs(b / a - 1) < 0.05
+
+
+def test_compare_scores_an_int8_checkpoint_through_its_state(tiny_dirs, calib_text, tmp_path):
+    from ghost_vllm.commands.compare import compare_models
+
+    plain, int8 = tmp_path / "plain", tmp_path / "int8"
+    assert _prune(tiny_dirs[1], plain, calib_text) == 0
+    assert _prune(tiny_dirs[1], int8, calib_text, "--state-dtype", "int8") == 0
+    rows = compare_models([str(plain), str(int8)], [str(calib_text)], seq_len=64, max_tokens=256, progress=False)
+    a, b = (r["perplexity"][0]["token_ppl"] for r in rows)
+    assert a != b and abs(b / a - 1) < 0.05  # the same weights; only the stored state differs
+    assert rows[1]["inspect"]["bytes_per_sequence"] < rows[0]["inspect"]["bytes_per_sequence"]
+    assert cli(["eval", str(int8), "--data", str(calib_text), "--seq-len", "64", "--max-tokens", "256",
+                "--no-progress", "--json", str(tmp_path / "e.json")]) == 0  # auto: the checkpoint's int8
+    assert json.loads((tmp_path / "e.json").read_text())["perplexity"][0]["token_ppl"] == pytest.approx(b, rel=1e-9)

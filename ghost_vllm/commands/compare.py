@@ -1,4 +1,6 @@
-"""``ghost-vllm compare``: dense vs pruned on the same texts — perplexity and state bytes per sequence, as a table."""
+"""``ghost-vllm compare``: dense vs pruned on the same texts — perplexity and state bytes per sequence, as a table.
+A checkpoint that asks for the int8 SSM state is scored through it (the state stored as int8 after every token, as
+``ghost-vllm eval`` does by default for it), so each row's perplexity belongs to its B/seq."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from ghost_vllm.checkpoint import load_model, load_tokenizer
 from ghost_vllm.sources import require_model_dir
 from ghost_vllm.evaluate import perplexity
 from ghost_vllm.inspection import inspect_checkpoint, sequence_bytes
+from ghost_vllm.loadtest.state_formats import serving_state
 
 __all__ = ["compare_models", "format_comparison"]
 
@@ -26,8 +29,9 @@ def compare_models(models: list[str], data: list[str], seq_len: int = 512, devic
         info = infos[str(model_dir)]
         tok = load_tokenizer(model_dir)
         model = load_model(model_dir, "auto", device)
-        evals = [perplexity(model, tok, d, seq_len=seq_len, max_tokens=max_tokens, progress=progress).to_dict()
-                 for d in data]
+        with serving_state(model, "int8" if info["ssm_dtype"] == "int8" else None):
+            evals = [perplexity(model, tok, d, seq_len=seq_len, max_tokens=max_tokens, progress=progress).to_dict()
+                     for d in data]
         rows.append({"model": name, "inspect": info, "perplexity": evals})
         del model
     return rows

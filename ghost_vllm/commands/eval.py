@@ -7,7 +7,6 @@ generation — the pessimistic side."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 from ghost_vllm.commands.io import resolve_device
 from ghost_vllm.errors import GhostError
@@ -40,7 +39,9 @@ def run_eval(args: argparse.Namespace) -> int:
                              f"(evaluate 'recall' or a checkpoint pruned from it)")
     tok = load_tokenizer(model_dir, args.tokenizer) if (args.data or args.lambada) else None
     model = load_model(model_dir, args.dtype, resolve_device(args.device))
-    with _stored_state(model, state_dtype):
+    from ghost_vllm.loadtest.state_formats import serving_state
+
+    with serving_state(model, state_dtype):
         report = _evaluate(args, model, tok, model_dir, state_dtype)
     if args.json:
         from ghost_vllm.commands.io import write_json_atomic
@@ -67,14 +68,6 @@ def _state_dtype(given: str, model_dir) -> str:
         raise GhostError(f"--state-dtype {chosen}: scoring through a stored state format is implemented for pure "
                          f"Mamba2 models, not {family.name}; leave --state-dtype out")
     return chosen
-
-
-def _stored_state(model, state_dtype: str):
-    if state_dtype == "float32":
-        return contextlib.nullcontext()
-    from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers
-
-    return stored_state_mixers(model, FORMATS[state_dtype])
 
 
 def _evaluate(args: argparse.Namespace, model, tok, model_dir, state_dtype: str) -> dict:

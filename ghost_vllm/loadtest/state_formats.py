@@ -17,7 +17,7 @@ import torch
 
 from ghost_vllm.mamba import int8_state
 
-__all__ = ["StateFormat", "FORMATS", "INT8_VARIANTS", "stored_state_mixers"]
+__all__ = ["StateFormat", "FORMATS", "INT8_VARIANTS", "stored_state_mixers", "serving_state"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,11 @@ def stored_state_mixers(model, fmt: StateFormat) -> Iterator[None]:
 
     with patched_mixers(model, forward, "stored_state_mixers"):
         yield
+
+
+def serving_state(model, state_dtype: str | None) -> contextlib.AbstractContextManager:
+    """:func:`stored_state_mixers` for a narrower ``state_dtype`` (``int8``, ``bfloat16``, ``float16``); nothing for
+    float32 / None (the model's own forward)."""
+    if state_dtype in (None, "float32"):
+        return contextlib.nullcontext()
+    return stored_state_mixers(model, FORMATS[state_dtype])
