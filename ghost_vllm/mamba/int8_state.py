@@ -32,26 +32,29 @@ def scale_shape(heads: int, head_dim: int, granularity: str = "head") -> tuple[i
     return (heads,) if granularity == "head" else (heads, head_dim)
 
 
-def quantize(h: torch.Tensor, granularity: str = "head",
-             generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h [..., H, P, N]`` float → (``q [..., H, P, N]`` int8, ``scale [..., H]`` or ``[..., H, P]`` float32)."""
+def quantize(h: torch.Tensor, granularity: str = "head", generator: Optional[torch.Generator] = None,
+             overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h [..., H, P, N]`` float → (``q [..., H, P, N]`` int8, ``scale [..., H]`` or ``[..., H, P]`` float32).
+    ``overwrite``: ``h`` (float32) is scratch and may be used as the work buffer (one pass fewer, no allocation)."""
     scale_shape(1, 1, granularity)
-    h = h.float()
+    h = h if overwrite and h.dtype == torch.float32 else h.float()
     dims = (-2, -1) if granularity == "head" else (-1,)
     amax = h.abs().amax(dim=dims)  # [..., H] or [..., H, P]
     inv = torch.where(amax > 0, INT8_MAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
-    x = h * (inv[..., None, None] if granularity == "head" else inv[..., None])
+    inv = inv[..., None, None] if granularity == "head" else inv[..., None]
+    x = h.mul_(inv) if overwrite else h * inv
     if generator is None:
-        x = torch.round(x)
+        x.round_()
     else:
-        x = torch.floor(x + torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+        x.add_(torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)).floor_()
     return x.clamp_(-INT8_MAX, INT8_MAX).to(torch.int8), amax / INT8_MAX
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """(``q [..., H, P, N]`` int8, ``scale [..., H]`` or ``[..., H, P]``) → float32 ``[..., H, P, N]``."""
+def dequantize(q: torch.Tensor, scale: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(``q [..., H, P, N]`` int8, ``scale [..., H]`` or ``[..., H, P]``) → float32 ``[..., H, P, N]`` (into ``out``
+    when given)."""
     s = scale[..., None, None] if scale.dim() == q.dim() - 2 else scale[..., None]
-    return q.float() * s
+    return torch.mul(q, s.float(), out=out) if out is not None else q * s.float()
 
 
 def round_trip_(h: torch.Tensor, granularity: str = "head", generator: Optional[torch.Generator] = None) -> None:

@@ -166,36 +166,44 @@ class GhostInt8MambaMixer2(GhostMambaMixer2):
         # CPU: vLLM's compiled update on a float32 copy of the batch's states (row 0 stands for the null block, which
         # the op skips), then quantized back
         b = idx.size(0)
-        work = torch.zeros((b + 1, H, P, self.ssm_state_size), dtype=torch.float32, device=x.device)
-        work[1:] = self._load_states(q_state, scales, idx)
+        work = torch.empty((b + 1, H, P, self.ssm_state_size), dtype=torch.float32, device=x.device)
+        work[0].zero_()
+        self._load_states(q_state, scales, idx, out=work[1:])
         rows = torch.arange(1, b + 1, dtype=idx.dtype, device=idx.device)
         stock.selective_state_update(
             work, x, dt[:, :, None].expand(-1, -1, P),
             self.A[:, None, None].expand(-1, P, self.ssm_state_size).to(torch.float32), B, C,
             self.D[:, None].expand(-1, P), self.dt_bias[:, None].expand(-1, P), dt_softplus=True,
             state_batch_indices=rows, dst_state_batch_indices=rows, out=out)
-        self._store_states(work[1:], q_state, scales, idx)
+        self._store_states(work[1:], q_state, scales, idx, scratch=True)
 
     @staticmethod
-    def _load_states(q_state: torch.Tensor, scales: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _load_states(q_state: torch.Tensor, scales: torch.Tensor, idx: torch.Tensor,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
         """float32 ``[n, H, P, N]`` of cache lines ``idx`` (padding / null entries read the null block)."""
         safe = _null_padding(idx)
         if not current_platform.is_cpu():
             from ghost_vllm.kernels.int8_state import int8_dequantize_states
 
             return int8_dequantize_states(q_state, scales, safe, null_block_id=NULL_BLOCK_ID)
-        return dequantize(q_state[safe.long()], scales[safe.long()])
+        return dequantize(q_state[safe.long()], scales[safe.long()], out=out)
 
     @staticmethod
-    def _store_states(states: torch.Tensor, q_state: torch.Tensor, scales: torch.Tensor, idx: torch.Tensor) -> None:
-        """Quantize ``states [n, H, P, N]`` into cache lines ``idx``; padding / null entries write nothing."""
+    def _store_states(states: torch.Tensor, q_state: torch.Tensor, scales: torch.Tensor, idx: torch.Tensor,
+                      scratch: bool = False) -> None:
+        """Quantize ``states [n, H, P, N]`` into cache lines ``idx``; padding / null entries write nothing
+        (``scratch``: ``states`` may be overwritten)."""
         if not current_platform.is_cpu():
             from ghost_vllm.kernels.int8_state import int8_quantize_states_
 
             int8_quantize_states_(states, q_state, scales, _null_padding(idx), null_block_id=NULL_BLOCK_ID)
             return
         keep = (idx != PAD_SLOT_ID) & (idx != NULL_BLOCK_ID)
-        q, s = quantize(states[keep])
-        lines = idx[keep].long()
-        q_state[lines] = q
-        scales[lines] = s
+        if bool(keep.all()):
+            q, s = quantize(states, overwrite=scratch)
+            lines = idx.long()
+        else:
+            q, s = quantize(states[keep], overwrite=True)
+            lines = idx[keep].long()
+        q_state.index_copy_(0, lines, q)
+        scales.index_copy_(0, lines, s)
