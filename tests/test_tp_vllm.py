@@ -1,6 +1,6 @@
 """Tensor parallelism in the real vLLM engine (CPU, 2 workers): a uniform ghost checkpoint (n_groups 1, through
-`ghost-vllm serve --tensor-parallel-size 2`) and a per-layer one (n_groups 2, through plain `vllm serve` with the
-thread binding the README gives) give TP 1's greedy tokens, allocate exactly the blocks `ghost-vllm plan
+`ghost-vllm serve --tensor-parallel-size 2`) and a per-layer one (n_groups 2, with the int8 SSM state, through plain
+`vllm serve` with the thread binding the README gives) give TP 1's greedy tokens, allocate exactly the blocks `ghost-vllm plan
 --tensor-parallel-size 2` predicts, and export ghost: metrics priced per rank. One engine start per checkpoint and TP
 size (4 in all)."""
 
@@ -63,7 +63,7 @@ def tp(tmp_path_factory):
     assert cli(["prune", "--model", str(root / "dense-g1"), *common, "--sparsity", "0.5", "--allocation", "uniform",
                 "--out", str(models["uniform-g1"])]) == 0
     assert cli(["prune", "--model", str(root / "dense-g2"), *common, "--multiple-of", "4", "--state-sizes",
-                "4,16,8,12", "--out", str(models["layers-g2"])]) == 0
+                "4,16,8,12", "--state-dtype", "int8", "--out", str(models["layers-g2"])]) == 0  # + the int8 state
     jobs = [{"model": str(m), "prompts": [SHORT, LONG], "max_tokens": TOKENS, "kv_cache_memory_bytes": MEMORY}
             for m in models.values()]
     tp1 = dict(zip(models, run_jobs(jobs, root)))

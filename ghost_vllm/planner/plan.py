@@ -295,7 +295,9 @@ def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, u
         lines.append(f"  state dtypes: conv and KV {r0.dtype}, SSM {r0.ssm_dtype}; {r0.notes[0]}; state B/seq below = "
                      f"the blocks that sequence holds × block B (padding and attention KV included)")
     elif r0:
-        lines.append(f"  state dtypes: conv {r0.dtype}, SSM {r0.ssm_dtype}; tensor parallel {settings.tensor_parallel_size}; "
+        scales = " + a float32 scale per head (the plugin's int8 state)" if r0.ssm_dtype == "int8" else ""
+        lines.append(f"  state dtypes: conv {r0.dtype}, SSM {r0.ssm_dtype}{scales}; tensor parallel "
+                     f"{settings.tensor_parallel_size}; "
                      f"one Mamba block = one sequence's state in every layer = "
                      + ("L × largest page (stock vLLM padding)" if settings.padded else "Σ_l page_l"))
     lines.append("  | variant | N' | state B/seq (conv + SSM) | block B | cache B | Mamba blocks | concurrent seqs | "

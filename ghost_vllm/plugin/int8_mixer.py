@@ -144,7 +144,7 @@ class GhostInt8MambaMixer2(GhostMambaMixer2):
             last_chunk_indices=meta.last_chunk_indices_p, initial_states=initial, return_intermediate_states=False,
             dt_softplus=True, dt_limit=(0.0, float("inf")), out=out.view(n_tok, -1, self.head_dim),
             state_dtype=torch.float32)
-        self._store_states(final.float(), q_state, scales, idx)
+        self._store_states(final.float(), q_state, scales, idx, scratch=True)
 
     def _decode(self, meta, conv_state, q_state, scales, xbc, dt, out) -> None:
         lines = meta.state_indices_tensor_d  # [b] or [b, 1]: the cache line per decode (no speculative tokens)
