@@ -121,3 +121,23 @@ def test_int8_refusals(setup):
     assert "prefix caching" in setup["results"][4]["error"]
     err = setup["unplugged"]["error"]
     assert err is not None and "GhostMamba2ForCausalLM" in err
+
+
+def test_int8_refuses_a_vllm_it_was_not_written_for(monkeypatch):
+    from types import SimpleNamespace
+
+    import vllm
+
+    from ghost_vllm.plugin.int8_mixer import INT8_VLLM_VERSIONS, check_int8_engine
+
+    config = SimpleNamespace(cache_config=SimpleNamespace(mamba_cache_mode="none", use_replayssm=False),
+                             speculative_config=None)
+    assert vllm.__version__.split("+")[0] in INT8_VLLM_VERSIONS
+    check_int8_engine(config)  # this vLLM: accepted
+    monkeypatch.setattr(vllm, "__version__", "0.34.0")
+    with pytest.raises(ValueError, match="written for vLLM 0.32.0 / 0.33.0, this is vLLM 0.34.0"):
+        check_int8_engine(config)
+    monkeypatch.setattr(vllm, "__version__", "0.33.0")
+    config.cache_config.mamba_cache_mode = "align"
+    with pytest.raises(ValueError, match="prefix caching"):
+        check_int8_engine(config)
