@@ -33,9 +33,26 @@ __all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2"
 log = logging.getLogger(__name__)
 
 
+def _pruned_on_disk(model_dir: Path) -> bool:
+    """Whether the directory holds a pruned checkpoint: a ghost.json, or a config.json naming a ghost architecture
+    (what prune writes). A plain Mamba2 served through the ghost class by a serve-time ``--hf-overrides`` (the int8
+    state for a dense model) is neither."""
+    import json
+
+    from ghost_vllm.families import GHOST_ARCHITECTURES
+
+    if is_ghost_checkpoint(model_dir):
+        return True
+    try:
+        archs = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError):
+        return True  # unreadable: let the validation say what is wrong
+    return any(a in GHOST_ARCHITECTURES for a in archs)
+
+
 def check_checkpoint(model: str) -> None:
-    if os.path.isdir(model) and not is_ghost_checkpoint(Path(model)):
-        log.info("%s is not a ghost checkpoint (no ghost.json): served as it is", model)
+    if os.path.isdir(model) and not _pruned_on_disk(Path(model)):
+        log.info("%s is not a pruned checkpoint (its config.json names no ghost architecture): served as it is", model)
     elif os.path.isdir(model):
         info = validate_ghost_checkpoint(Path(model))
         log.info("ghost checkpoint %s: state_size %d → %d, %d B/sequence (%.3f× smaller state)", model,
