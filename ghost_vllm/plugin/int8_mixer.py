@@ -21,8 +21,9 @@ own kernels:
   int8 + scale in one pass (no float32 copy of the batch's states); the prefill boundary goes through
   ``int8_dequantize_states`` / ``int8_quantize_states_`` around vLLM's chunked SSD kernel.
 
-Prefix caching ("align" mode), speculative decoding and ReplaySSM are refused before start-up
-(:func:`ghost_vllm.plugin.preflight.preflight_vllm_config`) and again here.
+Another vLLM version, prefix caching ("align" mode), speculative decoding and ReplaySSM are refused by
+:func:`check_int8_engine` in vLLM's front-end (the plugin's config-map class) and again at model build;
+``ghost-vllm serve`` refuses the flags before vLLM starts (:mod:`ghost_vllm.plugin.preflight`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from vllm.v1.attention.backends.utils import NULL_BLOCK_ID, PAD_SLOT_ID
 from ghost_vllm.mamba.int8_state import dequantize, quantize
 from ghost_vllm.plugin.model import GhostMambaMixer2
 
-__all__ = ["GhostInt8MambaMixer2", "INT8_VLLM_VERSIONS", "int8_unsupported", "check_int8_engine"]
+__all__ = ["GhostInt8MambaMixer2", "INT8_VLLM_VERSIONS", "check_int8_engine"]
 
 # the vLLM versions whose MambaMixer2.conv_ssm_forward / MambaBase.bind_kv_cache / kernel signatures this mixer was
 # written against (0.32.0 run here; 0.33.0 read from its sources: same calls, its SSD scan still returns the final
@@ -44,7 +45,7 @@ __all__ = ["GhostInt8MambaMixer2", "INT8_VLLM_VERSIONS", "int8_unsupported", "ch
 INT8_VLLM_VERSIONS = ("0.32.0", "0.33.0")
 
 
-def int8_unsupported(vllm_config) -> str | None:
+def _unsupported(vllm_config) -> str | None:
     """Why this engine configuration cannot run the int8 state, or None."""
     cache = vllm_config.cache_config
     if getattr(cache, "mamba_cache_mode", "none") not in ("none", None):
@@ -58,7 +59,8 @@ def int8_unsupported(vllm_config) -> str | None:
 
 def check_int8_engine(vllm_config) -> None:
     """Refuse (one line) an engine the int8 state cannot run in: another vLLM version, or a configuration
-    :func:`int8_unsupported` names."""
+    :func:`_unsupported` names. Called in the front-end (the config-map class) and again at
+    model build (a bypassed config map)."""
     import vllm
 
     version = str(vllm.__version__).split("+")[0]
@@ -66,7 +68,7 @@ def check_int8_engine(vllm_config) -> None:
         raise ValueError(f"ghost int8 SSM state: written for vLLM {' / '.join(INT8_VLLM_VERSIONS)}, this is vLLM "
                          f"{vllm.__version__}; serve with a float32/bfloat16 state (drop ghost_state_dtype) or install "
                          f"a supported vLLM")
-    problem = int8_unsupported(vllm_config)
+    problem = _unsupported(vllm_config)
     if problem:
         raise ValueError(f"ghost int8 SSM state: {problem}")
 

@@ -73,12 +73,9 @@ class GhostMambaModelConfig(MambaModelConfig):
         preflight_vllm_config(vllm_config)
         super().verify_and_update_config(vllm_config)
         if config_state_dtype(vllm_config.model_config.hf_config) == "int8":
-            from ghost_vllm.plugin.int8_mixer import int8_unsupported
+            from ghost_vllm.plugin.int8_mixer import check_int8_engine
 
-            # after vLLM's defaults: pure Mamba2 serves with prefix caching off, but say so if it was turned on
-            problem = int8_unsupported(vllm_config)
-            if problem:
-                raise ValueError(f"ghost int8 SSM state: {problem}")
+            check_int8_engine(vllm_config)  # after vLLM's defaults (prefix caching), before any worker starts
 
 
 class GhostMambaMixer2(MambaMixer2):
