@@ -40,12 +40,26 @@ KAPPAS = (0.25, 0.5, 0.75, 0.875)
 RUNS = [("ghost", "ghost", 0, "uniform"), ("ghost+refit", "ghost", 0, "refit"), ("ghost adaptive", "ghost", 0, "adaptive"),
         ("ghost adaptive+refit", "ghost", 0, "adaptive+refit"),
         ("magnitude", "magnitude", 0, "uniform"), ("taylor", "taylor", 0, "uniform"),
-        ("random s0", "random", 0, "uniform"), ("random s1", "random", 1, "uniform"), ("random s2", "random", 2, "uniform")]
+        ("random s0", "random", 0, "uniform"), ("random s1", "random", 1, "uniform"), ("random s2", "random", 2, "uniform"),
+        ("balanced", "balanced", 0, "uniform"), ("balanced hankel", "balanced", 0, "hankel"),
+        ("balanced hankel+refit", "balanced", 0, "hankel+refit")]
+KAPPAS_ALL = (*KAPPAS, 0.9375)  # the balanced rows also at κ 0.9375
+# (name, method, variant) run with the plugin's int8 state too
+INT8_RUNS = [("ghost adaptive+refit", "ghost", "adaptive+refit"), ("balanced hankel+refit", "balanced", "hankel+refit")]
 
 
-def state_bytes(cfg, sizes, fmt: str = "float32") -> int:
+def state_bytes(cfg, sizes, fmt: str = "float32", ranks=None) -> int:
+    """Conv state at N_l (float32) + SSM state at r_l (a projection) or N_l, stored in ``fmt``."""
     H, P, G, K = cfg.num_heads, cfg.head_dim, cfg.n_groups, cfg.conv_kernel
-    return sum((K - 1) * (H * P + 2 * G * n) * 4 + FORMATS[fmt].ssm_bytes(H, P, n) for n in sizes)
+    ranks = ranks or sizes
+    return sum((K - 1) * (H * P + 2 * G * n) * 4 + FORMATS[fmt].ssm_bytes(H, P, r) for n, r in zip(sizes, ranks))
+
+
+def selection(method: str, kappa: float, multiple_of: int, seed: int, variant: str, sizes=None) -> SelectionSpec:
+    if variant in ("adaptive+refit", "hankel", "hankel+refit"):  # allocation inside ghost_vllm.prune
+        return SelectionSpec(method, kappa, multiple_of, seed, allocation=variant.split("+")[0],
+                             refit=variant.endswith("+refit"))
+    return SelectionSpec(method, kappa, multiple_of, seed, "uniform", state_sizes=sizes, refit=variant == "refit")
 
 
 def main() -> None:
@@ -78,9 +92,9 @@ def main() -> None:
             r = recall_accuracy(model_predictor(dense), args.sequences)
         record({"name": "dense", "method": "dense", "sparsity": 0.0, "format": fmt, "state_sizes": [N] * L,
                 "bytes_per_sequence": state_bytes(dense.config, [N] * L, fmt), **r.to_dict()})
-    for kappa in KAPPAS:
+    for kappa in KAPPAS_ALL:
         for name, method, seed, variant in RUNS:
-            if (name, kappa, "float32") in done:
+            if (name, kappa, "float32") in done or (kappa not in KAPPAS and method != "balanced"):
                 continue
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
@@ -89,28 +103,29 @@ def main() -> None:
                 n = kept_count(N, kappa, args.multiple_of)
                 sizes = adaptive_state_sizes(model, calib, 16, n, args.multiple_of, args.multiple_of,
                                              progress=False).state_sizes
-            if variant == "adaptive+refit":  # the recipe users run: allocation and refit inside ghost_vllm.prune
-                sel = SelectionSpec(method, kappa, args.multiple_of, seed, allocation="adaptive", refit=True)
-            else:
-                sel = SelectionSpec(method, kappa, args.multiple_of, seed, "uniform", state_sizes=sizes,
-                                    refit=variant == "refit")
+            sel = selection(method, kappa, args.multiple_of, seed, variant, sizes)
             report = ghost_vllm.prune(model, calib, sel, batch_size=16, progress=False).report
             seconds = time.perf_counter() - t0
             r = recall_accuracy(model_predictor(model), args.sequences)
             record({"name": name, "method": method, "seed": seed, "variant": variant, "sparsity": kappa,
                     "format": "float32", "state_sizes": report.state_sizes, "calibration_s": seconds,
-                    "bytes_per_sequence": state_bytes(model.config, report.state_sizes), **r.to_dict()})
-    for kappa in KAPPAS:  # the default recipe with the plugin's int8 state (the serving format, simulated)
-        if ("ghost adaptive+refit", kappa, "int8") in done:
-            continue
-        model = copy.deepcopy(dense)
-        sel = SelectionSpec("ghost", kappa, args.multiple_of, 0, allocation="adaptive", refit=True)
-        report = ghost_vllm.prune(model, calib, sel, batch_size=16, progress=False).report
-        with stored_state_mixers(model, FORMATS["int8"]):
-            r = recall_accuracy(model_predictor(model), args.sequences)
-        record({"name": "ghost adaptive+refit", "method": "ghost", "seed": 0, "variant": "adaptive+refit",
-                "sparsity": kappa, "format": "int8", "state_sizes": report.state_sizes,
-                "bytes_per_sequence": state_bytes(model.config, report.state_sizes, "int8"), **r.to_dict()})
+                    **({"state_ranks": report.state_ranks} if report.state_ranks else {}),
+                    "bytes_per_sequence": state_bytes(model.config, report.state_sizes, ranks=report.state_ranks),
+                    **r.to_dict()})
+    for kappa in KAPPAS:  # with the plugin's int8 state (the serving format, simulated)
+        for name, method, variant in INT8_RUNS:
+            if (name, kappa, "int8") in done:
+                continue
+            model = copy.deepcopy(dense)
+            report = ghost_vllm.prune(model, calib, selection(method, kappa, args.multiple_of, 0, variant),
+                                      batch_size=16, progress=False).report
+            with stored_state_mixers(model, FORMATS["int8"]):
+                r = recall_accuracy(model_predictor(model), args.sequences)
+            record({"name": name, "method": method, "seed": 0, "variant": variant, "sparsity": kappa,
+                    "format": "int8", "state_sizes": report.state_sizes,
+                    **({"state_ranks": report.state_ranks} if report.state_ranks else {}),
+                    "bytes_per_sequence": state_bytes(model.config, report.state_sizes, "int8", report.state_ranks),
+                    **r.to_dict()})
     write_report(rows)
 
 
@@ -154,13 +169,13 @@ def write_report(rows: list[dict]) -> None:
         if r:
             lines.append(f"- {n}: " + ", ".join(f"{p}: {v:.3f}" for p, v in r["per_pairs"].items()))
     if int8:
-        lines += ["", "The default recipe (adaptive + refit) with the plugin's int8 state (+ a float32 scale per head; "
+        lines += ["", "With the plugin's int8 state (+ a float32 scale per head; "
                       "stored after every token, simulated — equal to the engine, benchmarks/int8_state.py):", "",
-                  "| κ | B/sequence (float32 state → int8) | accuracy, float32 state | accuracy, int8 state | int8 / float32 |",
-                  "|---|---|---|---|---|"]
-        for r in sorted(int8, key=lambda r: r["sparsity"]):
+                  "| recipe | κ | B/sequence (float32 state → int8) | accuracy, float32 state | accuracy, int8 state | int8 / float32 |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(int8, key=lambda r: (r["name"] != "ghost adaptive+refit", r["sparsity"])):
             f = next(x for x in rows if x["name"] == r["name"] and x["sparsity"] == r["sparsity"])
-            lines.append(f"| {r['sparsity']} | {f['bytes_per_sequence']:,} → {r['bytes_per_sequence']:,} | "
+            lines.append(f"| {r['name']} | {r['sparsity']} | {f['bytes_per_sequence']:,} → {r['bytes_per_sequence']:,} | "
                          f"{f['accuracy']:.4f} | {r['accuracy']:.4f} | {100 * r['accuracy'] / f['accuracy']:.1f} % |")
     (OUT / "recall.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

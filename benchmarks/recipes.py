@@ -9,6 +9,9 @@ Every variant runs through ``ghost_vllm.prune`` (the call ``ghost-vllm prune`` m
 - ``refit``: uniform + the readout refit (``refit: true``, global target);
 - ``adaptive+refit``: both — the allocation from the dense model, then the sequential loop refits each pruned
   layer's ``out_proj`` on the per-layer checkpoint (one pass over the calibration data for scores and refit).
+- ``balanced``: balanced truncation (``method: balanced``), uniform rank r = (1−κ)·N; ``balanced-hankel``: per-layer
+  ranks from the dense model's Hankel singular values; ``balanced-adaptive``: per-layer ranks from the mask Fisher
+  (GHOST's allocation, for comparison); ``balanced-hankel+refit``: with the readout refit.
 Calibration: the bundled calibration half, 128 × 128 tokens, seed 0, multiple_of 8. Evaluation: WikiText-2 raw test,
 first 131,072 tokens, seq 512 (the fidelity protocol), and ``reference-valid`` (held-out articles), whole, seq 512.
 Cost: benchmarks/recipe_cost.py measures it alone (this run records each variant's ``ghost_vllm.prune`` seconds).
@@ -38,13 +41,18 @@ from ghost_vllm.state import state_size_of  # noqa: E402
 
 log = logging.getLogger("recipes")
 OUT = ROOT / "benchmarks" / "results" / "recipes"
-KAPPAS = (0.25, 0.5, 0.75, 0.875)
-VARIANTS = {  # name → (allocation, refit)
-    "uniform": ("uniform", False),
-    "adaptive": ("adaptive", False),
-    "refit": ("uniform", True),
-    "adaptive+refit": ("adaptive", True),
+KAPPAS = (0.25, 0.5, 0.75, 0.875, 0.9375)
+VARIANTS = {  # name → (method, allocation, refit)
+    "uniform": ("ghost", "uniform", False),
+    "adaptive": ("ghost", "adaptive", False),
+    "refit": ("ghost", "uniform", True),
+    "adaptive+refit": ("ghost", "adaptive", True),
+    "balanced": ("balanced", "uniform", False),
+    "balanced-hankel": ("balanced", "hankel", False),
+    "balanced-adaptive": ("balanced", "adaptive", False),
+    "balanced-hankel+refit": ("balanced", "hankel", True),
 }
+DEFAULT_VARIANT = "adaptive+refit"  # the shipped default recipe (bold in the table)
 TEXTS = ("wt2", "valid")
 
 
@@ -59,14 +67,16 @@ def evaluate(model, tok, texts: dict, wikitext_tokens: int) -> dict:
 
 def run(model_dir: Path, variant: str, kappa: float, calib, tok, texts: dict, args) -> dict:
     model = load_model(model_dir)
-    allocation, refit = VARIANTS[variant]
-    sel = SelectionSpec("ghost", kappa, args.multiple_of, allocation=allocation, refit=refit)
+    method, allocation, refit = VARIANTS[variant]
+    sel = SelectionSpec(method, kappa, args.multiple_of, allocation=allocation, refit=refit)
     t0 = time.perf_counter()
     pruned = ghost_vllm.prune(model, calib, sel, batch_size=args.batch_size, progress=False)
     seconds = time.perf_counter() - t0
     cfg = model.config.to_dict()
-    row = {"variant": variant, "sparsity": kappa, "state_sizes": pruned.state_sizes, "prune_s": seconds,
-           "bytes_per_sequence": state_size_of(cfg, dtype="float32", state_sizes=pruned.state_sizes).bytes_per_sequence,
+    ranks = pruned.state_ranks
+    row = {"variant": variant, "sparsity": kappa, "state_sizes": ranks or pruned.state_sizes, "prune_s": seconds,
+           "bytes_per_sequence": state_size_of(cfg, dtype="float32", state_sizes=pruned.state_sizes,
+                                               state_ranks=ranks).bytes_per_sequence,
            "refit_error": [[r.error_before, r.error_after] for r in pruned.report.refit], "version": __version__}
     row.update(evaluate(model, tok, texts, args.wikitext_tokens))
     return row
@@ -85,14 +95,17 @@ def write_report(rows: list[dict], out: Path) -> None:
              f"({dense['valid_tokens']:,} tokens), token ppl at seq 512; dense {dense['wt2_ppl']:.2f} / "
              f"{dense['valid_ppl']:.2f}. Same state bytes in every row of a κ (Σ N'_l equal). Calibration cost: "
              f"benchmarks/results/recipe_cost.md (measured alone; this run's timings share the CPU).", "",
-             "| κ | B/seq | variant | WikiText-2 ppl (Δ) | reference-valid ppl (Δ) | N'_l |",
+             "B/seq includes the conv state: a balanced row keeps every B/C channel in the conv state (N wide) and "
+             "projects the SSM state to r_l (the last column); its B/seq is 2.4–11 % above the GHOST rows' at the "
+             "same Σ r_l = Σ N'_l.", "",
+             "| κ | B/seq | variant | WikiText-2 ppl (Δ) | reference-valid ppl (Δ) | N'_l or r_l |",
              "|---|---|---|---|---|---|"]
     for k in kappas:
         for v in VARIANTS:
             r = by.get((v, k))
             if r is None:
                 continue
-            name = f"**{v}** (default)" if v == "adaptive+refit" else v
+            name = f"**{v}** (default)" if v == DEFAULT_VARIANT else v
             lines.append(f"| {k} | {r['bytes_per_sequence']:,} | {name} | {_delta(r['wt2_ppl'], dense['wt2_ppl'])} | "
                          f"{_delta(r['valid_ppl'], dense['valid_ppl'])} | {', '.join(map(str, r['state_sizes']))} |")
     (out / "recipes.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 
 from ghost_vllm.errors import ModelError, OutputError
 from ghost_vllm.families import model_family
-from ghost_vllm.ghost_format import STATE_DTYPE_KEY, mark_ghost_config, write_ghost_json
+from ghost_vllm.ghost_format import (PROJ_IN, PROJ_OUT, STATE_DTYPE_KEY, STATE_RANKS_KEY, config_state_ranks,
+                                    mark_ghost_config, write_ghost_json)
 from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id
 from ghost_vllm.weights import safetensors_files, safetensors_header
 
@@ -123,9 +124,20 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
 def _check_mixer_shapes(model_dir: Path, family, cfg: dict[str, Any], sizes: Sequence[int],
                         shapes: dict[str, Any]) -> None:
     layout = family.layout(cfg)
-    for i, n in zip(family.mamba_layers(cfg), sizes):
+    ranks = config_state_ranks(cfg, f"{model_dir}/config.json")
+    for j, (i, n) in enumerate(zip(family.mamba_layers(cfg), sizes)):
         prefix = mixer_prefix(family, cfg, i, shapes, model_dir)
-        for suffix, shape in _expected_mixer_shapes(layout, n).items():
+        expected = _expected_mixer_shapes(layout, n)
+        if ranks is not None:  # a projected state: T [G, r, N], S [G, N, r]
+            G, r = layout.n_groups, ranks[j]
+            expected |= {PROJ_IN: (G, r, n), PROJ_OUT: (G, n, r)}
+        else:
+            for suffix in (PROJ_IN, PROJ_OUT):
+                if f"{prefix}{suffix}" in shapes:
+                    raise ModelError(f"{model_dir}: tensor {prefix}{suffix} is present but config.json has no "
+                                     f"{STATE_RANKS_KEY}; the checkpoint was edited or mixed — re-run 'ghost-vllm "
+                                     f"prune'")
+        for suffix, shape in expected.items():
             name = f"{prefix}{suffix}"
             if name not in shapes:
                 raise ModelError(f"{model_dir}: tensor {name} is missing from the safetensors files")

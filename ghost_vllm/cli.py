@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from ghost_vllm.commands.helptext import PRUNE_FLAGS, recipe_default, show_defaults
 from ghost_vllm.commands.io import resolve_device
 from ghost_vllm.errors import GhostError
+from ghost_vllm.recipe import METHODS
 
 __all__ = ["main", "build_parser"]
 
@@ -36,11 +37,14 @@ def _add_prune(sub) -> None:
     p.add_argument("recipe", nargs="?", type=Path, help="YAML recipe (configs/*.yaml); flags override its fields")
     p.add_argument("--model", help="model directory (Mamba2, Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2) or Hub id, or a "
                    "bundled model: 'reference' (Mamba2, text), 'hybrid' (Nemotron-H-shaped, text), 'recall' (MQAR)")
-    p.add_argument("--method", help="ghost | ghost_unpaired | magnitude | random | taylor")
+    p.add_argument("--method", help=" | ".join(METHODS) + " (balanced: keep every channel, project the state to the "
+                                    "r = (1−κ)·N dimensions of balanced truncation)")
     p.add_argument("--sparsity", type=float, help="fraction κ of state channels to remove, in [0, 1)")
     p.add_argument("--multiple-of", type=int, help="round the kept count N' to a multiple of this")
-    p.add_argument("--allocation", help="auto (adaptive for pure Mamba2, uniform for hybrids) | uniform (same N' in "
-                                        "every layer, the paper's) | adaptive (per-layer N'_l at the same bytes)")
+    p.add_argument("--allocation", help="auto (pure Mamba2: adaptive, or hankel for balanced; hybrids: uniform) | "
+                                        "uniform (same N' in every layer, the paper's) | adaptive (per-layer N'_l at "
+                                        "the same bytes, mask Fisher) | hankel (balanced: per-layer r_l from the "
+                                        "Hankel singular values, same bytes)")
     p.add_argument("--state-sizes", help="explicit per-layer N'_l, e.g. 32,64,96,128 (one per layer)")
     p.add_argument("--min-state-size", type=int, help="adaptive: smallest N'_l a layer may get (default multiple-of)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,

@@ -3,6 +3,10 @@
 - ``config.json``: ``architectures`` = the family's ghost architecture (the plugin registers it; ``model_type`` stays
   the family's, so transformers still loads the checkpoint with its own class); the family's d_state key = N' (the
   largest N'_l); ``layer_state_sizes`` = [N'_l per Mamba layer] only when the layers differ (absent when uniform).
+  A *projected* checkpoint (``method: balanced``) keeps d_state = N (in_proj and conv1d unchanged) and adds
+  ``ghost_state_ranks`` = [r_l per Mamba layer]: the SSM state is r_l wide, read through two float32 tensors per
+  mixer, ``state_proj_in`` T [G, r_l, N] (B' = T·B) and ``state_proj_out`` S [G, N, r_l] (C' = Sᵀ·C), applied after
+  the conv and its SiLU (:mod:`ghost_vllm.mamba.projection`).
 - ``ghost.json``: provenance — method, sparsity, per-layer sizes and kept channel indices, the bytes per sequence
   before and after, the calibration, the source's sha256, the resolved recipe, the adaptive allocation and the refit
   when used, timings (:func:`ghost_record`).
@@ -19,12 +23,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import CheckpointError, ModelError
 
-__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_DTYPE_KEY", "CACHED_STATE_DTYPES", "FORMAT_VERSION",
-           "is_ghost_checkpoint", "read_ghost_json", "write_ghost_json", "config_state_sizes", "config_state_dtype",
+__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_RANKS_KEY", "PROJ_IN", "PROJ_OUT", "STATE_DTYPE_KEY", "CACHED_STATE_DTYPES", "FORMAT_VERSION",
+           "is_ghost_checkpoint", "read_ghost_json", "write_ghost_json", "config_state_sizes", "config_state_ranks",
+           "config_state_dtype",
            "set_state_sizes", "mark_ghost_config", "ghost_record"]
 
 GHOST_FILE = "ghost.json"
 LAYER_STATE_SIZES_KEY = "layer_state_sizes"
+# a projected (balanced-truncation) checkpoint: the SSM-state width r_l of every Mamba layer, and its two tensors
+STATE_RANKS_KEY = "ghost_state_ranks"
+PROJ_IN = "state_proj_in"  # T [G, r, N]: B' = T·B
+PROJ_OUT = "state_proj_out"  # S [G, N, r]: C' = Sᵀ·C
 # how the plugin caches the SSM state ("int8": int8 + per-head float32 scales); absent = vLLM's own dtypes
 STATE_DTYPE_KEY = "ghost_state_dtype"
 CACHED_STATE_DTYPES = ("int8",)
@@ -68,6 +77,28 @@ def config_state_sizes(cfg: Mapping[str, Any] | Any, where: str = "config.json")
     return [int(n) for n in sizes]
 
 
+def config_state_ranks(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[list[int]]:
+    """r_l of every Mamba layer of a projected checkpoint (``ghost_state_ranks``), or None for a checkpoint whose
+    SSM state is as wide as its B/C channels. Raises :class:`ModelError` on a malformed key."""
+    from ghost_vllm.families import family_for_config
+
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    ranks: Optional[Sequence[Any]] = get(STATE_RANKS_KEY)
+    if ranks is None:
+        return None
+    family = family_for_config(cfg)
+    L, N = len(family.mamba_layers(cfg)), family.state_size(cfg)
+    if not isinstance(ranks, (list, tuple)) or len(ranks) != L or not all(
+        isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= N for r in ranks
+    ):
+        raise ModelError(f"{where}: {STATE_RANKS_KEY} must list {L} integers in [1, state_size={N}], got {ranks!r}; "
+                         f"re-run 'ghost-vllm prune'")
+    if get(LAYER_STATE_SIZES_KEY) is not None:
+        raise ModelError(f"{where}: {STATE_RANKS_KEY} and {LAYER_STATE_SIZES_KEY} together; a projected checkpoint "
+                         f"keeps every B/C channel — re-run 'ghost-vllm prune'")
+    return [int(r) for r in ranks]
+
+
 def config_state_dtype(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[str]:
     """The SSM-state dtype a checkpoint asks the plugin to cache (``ghost_state_dtype``), or None (vLLM's own
     ``--mamba-ssm-cache-dtype`` rules). Raises :class:`ModelError` on a value the plugin does not serve."""
@@ -81,10 +112,13 @@ def config_state_dtype(cfg: Mapping[str, Any] | Any, where: str = "config.json")
     return str(value)
 
 
-def set_state_sizes(config: Any, family, sizes: Sequence[int]) -> None:
+def set_state_sizes(config: Any, family, sizes: Sequence[int], ranks: Optional[Sequence[int]] = None) -> None:
     """Write N'_l into a transformers config object: the family's d_state key(s) = the largest, and
-    ``layer_state_sizes`` only when the layers differ (a family without per-layer budgets refuses those)."""
+    ``layer_state_sizes`` only when the layers differ (a family without per-layer budgets refuses those); a
+    projected model's ``ranks`` as ``ghost_state_ranks`` (always a list)."""
     family.set_state_size(config, max(sizes))
+    if ranks is not None:
+        setattr(config, STATE_RANKS_KEY, [int(r) for r in ranks])
     if len(set(sizes)) <= 1:
         if hasattr(config, LAYER_STATE_SIZES_KEY):
             delattr(config, LAYER_STATE_SIZES_KEY)
@@ -115,7 +149,8 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
     report, allocation, selection, dtype = pruned.report, pruned.allocation, pruned.selection, pruned.dtype
     family = family_for_config(cfg)
     orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
-    new = state_size_of(cfg, dtype=dtype, ssm_dtype=state_dtype, state_sizes=report.state_sizes)
+    new = state_size_of(cfg, dtype=dtype, ssm_dtype=state_dtype, state_sizes=report.state_sizes,
+                        state_ranks=report.state_ranks)
     return {
         "format_version": FORMAT_VERSION,
         "package": "ghost_vllm",
@@ -128,6 +163,9 @@ def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibratio
         "state_size": report.state_size,
         "allocation": pruned.allocation_kind,
         "state_sizes": report.state_sizes,
+        **({"state_ranks": report.state_ranks,
+            "energy_kept": [layer.energy_kept for layer in report.layers]} if report.state_ranks else {}),
+        **({"hankel_singular_values": report.hankel_ranks} if report.hankel_ranks else {}),
         "state_bytes_per_layer": list(new.layer_bytes),
         "family": family.name,
         "n_groups": family.layout(cfg).n_groups,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ghost_vllm.checkpoint import weight_shapes
-from ghost_vllm.ghost_format import config_state_dtype, is_ghost_checkpoint, read_ghost_json
+from ghost_vllm.ghost_format import config_state_dtype, config_state_ranks, is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
 
@@ -51,7 +51,8 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     ghost = read_ghost_json(model_dir) if is_ghost_checkpoint(model_dir) else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
     served_ssm = config_state_dtype(cfg, f"{model_dir}/config.json") or ssm_dtype  # the plugin's int8 state
-    pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=served_ssm, state_sizes=per_layer)
+    ranks = config_state_ranks(cfg, f"{model_dir}/config.json")
+    pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=served_ssm, state_sizes=per_layer, state_ranks=ranks)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype, ssm_dtype=ssm_dtype)
     return {
         "model": str(model_dir),
@@ -66,6 +67,7 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
         "state_size": family.state_size(cfg),
         "state_size_original": n_orig,
         "state_size_per_layer": per_layer,
+        **({"state_ranks": ranks} if ranks else {}),
         "bytes_per_layer": list(pruned.layer_bytes),
         "allocation": ghost.get("allocation", "uniform") if ghost else None,
         "method": ghost.get("method") if ghost else None,
@@ -122,6 +124,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         + (f"  ({info['method']}, κ={info['sparsity']})" if info["method"] else ""),
         f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}"
         + (f"  ({info['allocation']} allocation)" if info.get("allocation") else ""),
+        *([f"state rank r    {' '.join(map(str, info['state_ranks']))}  (balanced truncation: the SSM state is r wide, "
+           f"the conv state keeps N)"] if info.get("state_ranks") else []),
         f"bytes per layer  {' '.join(f'{b:,}' for b in info['bytes_per_layer'])}",
         f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
         f" vs original {info['bytes_per_sequence_original']:,} B ({info['bytes_per_sequence_original'] * mib:.3f} MiB"

@@ -11,7 +11,8 @@
 
 Order of work: :func:`check_selection` (everything the selection asks of the model's family and shapes, one-line
 errors — the CLI calls it again before loading any weight), then the adaptive allocation when asked
-(:mod:`ghost_vllm.allocation`), then the sequential loop (:func:`ghost_vllm.pipeline.prune_layers`: statistics,
+(:mod:`ghost_vllm.allocation`) or the Hankel ranks of a projection (:mod:`ghost_vllm.reduce.balanced`), then the
+sequential loop (:func:`ghost_vllm.pipeline.prune_layers`: statistics,
 scores, selection, surgery and the refit layer by layer), then the config's state-size keys.
 """
 
@@ -28,10 +29,11 @@ from ghost_vllm.errors import ModelError, RecipeError
 from ghost_vllm.families import Family, family_for_config
 from ghost_vllm.families.base import cfg_get
 from ghost_vllm.ghost_format import LAYER_STATE_SIZES_KEY, ghost_record, set_state_sizes
-from ghost_vllm.pipeline import PruneReport, prune_layers
+from ghost_vllm.pipeline import PruneReport, dense_gramians, prune_layers
+from ghost_vllm.reduce.balanced import allocate_ranks, hankel_singular_values
 from ghost_vllm.recipe import SelectionSpec
 from ghost_vllm.refit import RefitSpec
-from ghost_vllm.scoring import NEEDS_BACKWARD
+from ghost_vllm.scoring import NEEDS_BACKWARD, PROJECTIONS
 from ghost_vllm.selection import check_state_sizes, kept_count
 
 __all__ = ["Pruned", "SelectionPlan", "check_selection", "prune"]
@@ -47,7 +49,7 @@ class SelectionPlan:
     mamba_layers: int
     uniform_state_size: int
     min_state_size: int
-    allocation: str  # uniform | adaptive | explicit
+    allocation: str  # uniform | adaptive | hankel | explicit
 
 
 def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, where: str = "the model") -> SelectionPlan:
@@ -56,7 +58,13 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     family = family_for_config(cfg)
     sel = selection
     label = f"{family.hf_architectures[0]} ({family.name})"
-    if not family.per_layer_budgets and (sel.allocation == "adaptive" or sel.state_sizes is not None):
+    if sel.method in PROJECTIONS and not family.projected_state:
+        raise RecipeError(f"selection.method: {sel.method} (a projection of the state) is implemented for pure Mamba2 "
+                          f"only, not {label}; use ghost, magnitude or random")
+    if sel.allocation == "hankel" and sel.method not in PROJECTIONS:
+        raise RecipeError(f"selection.allocation: hankel ranks a projection's state by its Hankel singular values; "
+                          f"use it with method: balanced, or allocation: adaptive for {sel.method}")
+    if not family.per_layer_budgets and (sel.allocation in ("adaptive", "hankel") or sel.state_sizes is not None):
         raise RecipeError(f"selection: per-layer state budgets are served for pure Mamba2 only, not {label}: vLLM "
                           f"pads every Mamba page of a hybrid to one size, the largest layer's, so they would save no "
                           f"engine memory; use allocation: uniform or auto without state_sizes")
@@ -73,12 +81,13 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     if sel.state_sizes is not None:
         allocation = "explicit"
     elif sel.allocation == "auto":
-        allocation = "adaptive" if family.per_layer_budgets else "uniform"
+        per_layer = "hankel" if sel.method in PROJECTIONS else "adaptive"
+        allocation = per_layer if family.per_layer_budgets else "uniform"
     else:
         allocation = sel.allocation
     if sel.state_sizes is not None:
         check_state_sizes(sel.state_sizes, N, L)
-    elif allocation == "adaptive" and min_n > uniform_n:  # auto resolved: the default runs adaptive too
+    elif allocation in ("adaptive", "hankel") and min_n > uniform_n:  # auto resolved: the default runs adaptive too
         raise RecipeError(f"selection.min_state_size: {min_n} is above the uniform N' = {uniform_n} at κ = "
                           f"{sel.sparsity}, so no layer could go below it; lower selection.min_state_size")
     return SelectionPlan(family, N, L, uniform_n, min_n, allocation)
@@ -97,14 +106,21 @@ class Pruned:
 
     @property
     def allocation_kind(self) -> str:
-        """uniform | adaptive | explicit (``auto`` resolved for this model's family)."""
+        """uniform | adaptive | hankel | explicit (``auto`` resolved for this model's family)."""
         if self.selection.state_sizes is not None:
             return "explicit"
+        if self.report.hankel_ranks is not None:
+            return "hankel"
         return "adaptive" if self.allocation is not None else "uniform"
 
     @property
     def state_sizes(self) -> list[int]:
         return self.report.state_sizes
+
+    @property
+    def state_ranks(self) -> Optional[list[int]]:
+        """r_l of a projected model (method balanced), else None."""
+        return self.report.state_ranks
 
     def record(self, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any], source: Path,
                digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
@@ -130,11 +146,18 @@ def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = S
         allocation = adaptive_state_sizes(model, tokens, batch_size, plan.uniform_state_size, sel.multiple_of,
                                           plan.min_state_size, progress)
         sizes = allocation.state_sizes
+    hankel = None
+    if plan.allocation == "hankel":  # the dense model's Hankel singular values decide each layer's rank
+        hankel = [hankel_singular_values(g) for g in dense_gramians(model, tokens, batch_size, progress)]
+        sizes = allocate_ranks(hankel, plan.uniform_state_size * plan.mamba_layers, sel.multiple_of,
+                               plan.min_state_size)
     sparsity = sel.sparsity if sel.state_sizes is None else 1.0 - sum(sizes) / (plan.mamba_layers * plan.state_size)
     if sizes is None:
         sizes = [plan.uniform_state_size] * plan.mamba_layers
     spec = (refit or RefitSpec()) if sel.refit else None
     report = prune_layers(model, tokens, sel.method, sizes, sparsity, sel.seed, batch_size, progress, spec)
-    set_state_sizes(model.config, plan.family, sizes)
+    if hankel is not None:
+        report.hankel_ranks = [[float(f"{v:.6g}") for v in h.flatten().tolist()] for h in hankel]
+    set_state_sizes(model.config, plan.family, report.state_sizes, report.state_ranks)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return Pruned(model, report, sel, allocation, dtype)

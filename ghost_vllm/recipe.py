@@ -38,8 +38,9 @@ __all__ = [
     "build_recipe",
 ]
 
-METHODS = ("ghost", "ghost_unpaired", "magnitude", "random", "taylor")
-ALLOCATIONS = ("auto", "uniform", "adaptive")
+# the channel scorers (ghost_vllm.scoring) and the projections (ghost_vllm.reduce: "balanced")
+METHODS = ("ghost", "ghost_unpaired", "magnitude", "random", "taylor", "balanced")
+ALLOCATIONS = ("auto", "uniform", "adaptive", "hankel")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -67,8 +68,9 @@ class SelectionSpec:
     sparsity: float = 0.5
     multiple_of: int = 1
     seed: int = 0
-    # auto: adaptive where the family's engine serves per-layer sizes (pure Mamba2), else uniform; uniform: N' in every
-    # layer; adaptive: per-layer N'_l at the uniform cut's bytes
+    # auto: per-layer sizes where the family's engine serves them (pure Mamba2: adaptive, or hankel for balanced), else
+    # uniform; uniform: N' in every layer; adaptive: per-layer N'_l at the uniform cut's bytes from the mask Fisher;
+    # hankel (balanced only): per-layer ranks r_l from the dense model's Hankel singular values, same bytes
     allocation: str = "auto"
     state_sizes: Optional[list[int]] = None  # explicit N'_l per layer (sparsity and allocation then unused)
     min_state_size: Optional[int] = None  # adaptive: smallest N'_l (default multiple_of)
@@ -183,8 +185,8 @@ def _validate_budgets(s: SelectionSpec, bad) -> None:
     if s.allocation not in ALLOCATIONS:
         raise bad("selection.allocation", s.allocation, f"allowed: {', '.join(ALLOCATIONS)}")
     if s.state_sizes is not None:
-        if s.allocation == "adaptive":
-            raise RecipeError("selection.state_sizes: cannot be combined with selection.allocation: adaptive; give "
+        if s.allocation in ("adaptive", "hankel"):
+            raise RecipeError(f"selection.state_sizes: cannot be combined with selection.allocation: {s.allocation}; give "
                               "explicit per-layer sizes or let adaptive choose them, not both")
         for i, n in enumerate(s.state_sizes):
             if n < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from ghost_vllm.ghost_format import config_state_ranks
 from ghost_vllm.units import DTYPE_BYTES, ssm_state_bytes
 
 
@@ -24,6 +25,7 @@ class StateSize:
     ssm_bytes: int
 
     layer_bytes: tuple[int, ...] = ()  # conv + SSM bytes of each layer
+    state_ranks: Optional[tuple[int, ...]] = None  # a projected state's width per layer (conv stays N_l wide)
 
     @property
     def bytes_per_sequence(self) -> int:
@@ -35,20 +37,24 @@ class StateSize:
 
 def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtype: Optional[str] = None,
                   ssm_dtype: Optional[str] = None, state_sizes: Optional[Sequence[int]] = None,
-                  tensor_parallel_size: int = 1) -> StateSize:
+                  tensor_parallel_size: int = 1, state_ranks: Optional[Sequence[int]] = None) -> StateSize:
     """Mamba state per sequence for a ``config.json`` dict of any supported family (a dict without ``model_type`` is
     read as Mamba2): every Mamba layer at ``state_size``, or per Mamba layer at ``state_sizes``, or (neither given) as
     the config says (``layer_state_sizes`` when present). ``dtype`` is the conv-state dtype (default: the config's
     ``torch_dtype``/``dtype``), ``ssm_dtype`` the SSM state's (default: same; ``int8`` adds a float32 scale per
     head, :func:`ghost_vllm.units.ssm_state_bytes`). Attention KV is not included
     (:mod:`ghost_vllm.planner.hybrid`). ``tensor_parallel_size`` > 1 gives what ONE rank holds per sequence (vLLM
-    shards heads and conv channels; see :meth:`InProjLayout.state_elements`)."""
+    shards heads and conv channels; see :meth:`InProjLayout.state_elements`). ``state_ranks``: a projected
+    state's width per layer (default: the config's ``ghost_state_ranks`` when the sizes come from the config too);
+    its conv state stays N_l wide."""
     from ghost_vllm.families import family_for_config
 
     # hand-built Mamba2 dicts (the planner's converted mamba_ssm configs, tests) carry no model_type
     family = family_for_config(config if config.get("model_type") else {**config, "model_type": "mamba2"})
     L = len(family.mamba_layers(config))
     if state_sizes is None:
+        if state_size is None and state_ranks is None:
+            state_ranks = config_state_ranks(config)
         state_sizes = [state_size] * L if state_size is not None else family.state_sizes(config)
     if len(state_sizes) != L:
         raise AssertionError(f"{len(state_sizes)} state sizes for {L} Mamba layers")
@@ -58,9 +64,13 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     heads = layout.num_heads // tensor_parallel_size
     conv = ssm = 0
     per_layer = []
-    for n in state_sizes:
-        cl, sl = layout.with_state_size(int(n)).state_elements(tensor_parallel_size)
+    ranks = list(state_ranks) if state_ranks is not None else [None] * L
+    if len(ranks) != L:
+        raise AssertionError(f"{len(ranks)} state ranks for {L} Mamba layers")
+    for n, r in zip(state_sizes, ranks):
+        cl, sl = layout.with_state_size(int(n)).with_rank(r).state_elements(tensor_parallel_size)
         conv, ssm = conv + cl, ssm + sl
         per_layer.append(cl * DTYPE_BYTES[dtype] + ssm_state_bytes(sl, heads, ssm_dtype))
     return StateSize(L, layout.state_size, conv, ssm, conv * DTYPE_BYTES[dtype],
-                     ssm_state_bytes(ssm, heads * L, ssm_dtype), tuple(per_layer))
+                     ssm_state_bytes(ssm, heads * L, ssm_dtype), tuple(per_layer),
+                     None if state_ranks is None else tuple(int(r) for r in state_ranks))

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import torch
 
 from ghost_vllm.errors import ModelError
+from ghost_vllm.ghost_format import PROJ_IN, PROJ_OUT
+from ghost_vllm.mamba.projection import project_mixers
 
 __all__ = ["TORCH_DTYPES", "safetensors_files", "safetensors_header", "read_safetensors", "check_mamba2_weights",
            "assemble_mamba2", "load_mamba2", "load_transformers_model"]
@@ -109,9 +111,11 @@ def check_mamba2_weights(model, sd: dict[str, torch.Tensor], where: Path, strict
 
 
 def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtype, device: str, where: Path,
-                    strict_extra: bool = True, state_sizes: Optional[Sequence[int]] = None):
+                    strict_extra: bool = True, state_sizes: Optional[Sequence[int]] = None,
+                    state_ranks: Optional[Sequence[int]] = None):
     """``Mamba2ForCausalLM(config)`` owning the tensors of ``sd`` (HF names), checked key by key and shape by shape;
-    mixers built at their per-layer ``state_sizes`` where given; tied embeddings tied; group-wise gated norm patched
+    mixers built at their per-layer ``state_sizes`` where given, projected to ``state_ranks`` (float32 projection
+    tensors, :mod:`ghost_vllm.mamba.projection`) where given; tied embeddings tied; group-wise gated norm patched
     in; NaN/Inf refused."""
     from transformers import Mamba2ForCausalLM
 
@@ -125,10 +129,13 @@ def assemble_mamba2(config, sd: dict[str, torch.Tensor], torch_dtype: torch.dtyp
             from ghost_vllm.mamba.budgets import shrink_mixers
 
             shrink_mixers(model, state_sizes)
+        if state_ranks is not None:
+            project_mixers(model, state_ranks)
     check_mamba2_weights(model, sd, where, strict_extra)
     for k in list(sd):  # one tensor at a time: never two full copies of the model
-        if sd[k].dtype != torch_dtype or sd[k].device != torch.device(device):
-            sd[k] = sd[k].to(device=device, dtype=torch_dtype)
+        want = torch.float32 if k.endswith((PROJ_IN, PROJ_OUT)) else torch_dtype
+        if sd[k].dtype != want or sd[k].device != torch.device(device):
+            sd[k] = sd[k].to(device=device, dtype=want)
     model.load_state_dict(sd, strict=False, assign=True)
     sd.clear()
     if tied:
@@ -150,9 +157,10 @@ def load_mamba2(model_dir: Path, cfg: dict, dtype: str = "auto", device: str = "
     mapped file resident beside its copies on CPU). Group-wise gated norm patched in when ``n_groups > 1``."""
     from transformers import Mamba2Config
 
-    from ghost_vllm.ghost_format import config_state_sizes
+    from ghost_vllm.ghost_format import config_state_ranks, config_state_sizes
 
     sizes = config_state_sizes(cfg)
+    ranks = config_state_ranks(cfg)
     target = None if dtype == "auto" else TORCH_DTYPES[dtype]
     sd: dict[str, torch.Tensor] = {}
     for f in safetensors_files(model_dir):
@@ -161,7 +169,8 @@ def load_mamba2(model_dir: Path, cfg: dict, dtype: str = "auto", device: str = "
     if target is None:  # auto: the config's dtype, as from_pretrained does, else the stored one
         stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "").replace("torch.", "")
         target = TORCH_DTYPES.get(stored) or next(iter(sd.values())).dtype
-    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes)
+    return assemble_mamba2(config, sd, target, device, model_dir, strict_extra=False, state_sizes=sizes,
+                           state_ranks=ranks)
 
 
 def load_transformers_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):

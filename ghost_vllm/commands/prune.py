@@ -38,9 +38,12 @@ class PruneOutcome:
     def summary(self) -> str:
         g = self.ghost
         sizes = g["state_sizes"]
-        n = str(sizes[0]) if len(set(sizes)) == 1 else f"[{', '.join(map(str, sizes))}] ({g['allocation']})"
+        ranks = g.get("state_ranks")
+        shown = ranks or sizes
+        n = str(shown[0]) if len(set(shown)) == 1 else f"[{', '.join(map(str, shown))}] ({g['allocation']})"
+        what = "state rank r" if ranks else "N"
         return (
-            f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']:.4g}, N {g['state_size_original']} → {n} "
+            f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']:.4g}, {what} {g['state_size_original']} → {n} "
             f"in {len(g.get('mamba_layers', sizes))} Mamba layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
             f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); calibration "
             f"{g['timings']['calibration_s']:.1f} s"

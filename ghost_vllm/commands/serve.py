@@ -195,7 +195,8 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
         ssm = "int8"
         lines.append("SSM state cached as int8 + a float32 scale per head (ghost_state_dtype int8)")
     tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
-    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp)
+    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp,
+                    state_ranks=model.state_ranks)
     estimate = ""
     if memory is None and not on_cpu and device_memory > 0:  # GPU, no cache size: estimate as `ghost-vllm plan` does
         from ghost_vllm.planner.models import weight_parameters

@@ -67,6 +67,7 @@ class Family(ABC):
     per_layer_budgets: ClassVar[bool] = False  # served with per-layer N'_l (needs a model class that builds them)
     int8_state: ClassVar[bool] = False  # the plugin's int8 SSM-state cache (ghost_vllm.plugin.int8_mixer)
     supports_backward_scoring: ClassVar[bool] = False  # methods that differentiate through our reference mixer
+    projected_state: ClassVar[bool] = False  # method balanced: the state projection (ghost_vllm.mamba.projection)
     supports_refit: ClassVar[bool] = True  # the readout refit (ghost_vllm.refit) through refit_residual/_scale
 
     # config level ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ class Mamba2Family(Family):
     ghost_vllm_config = "ghost_vllm.plugin.model:GhostMambaModelConfig"
     state_key = "state_size"
     per_layer_budgets = True
+    projected_state = True
     int8_state = True
     supports_backward_scoring = True
 

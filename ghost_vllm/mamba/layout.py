@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 
@@ -35,8 +36,14 @@ class InProjLayout:
     num_heads: int
     head_dim: int
     n_groups: int
-    state_size: int
+    state_size: int  # N: the B/C width of in_proj and conv1d
     conv_kernel: int
+    state_rank: Optional[int] = None  # the SSM state's width when projected (ghost_vllm.mamba.projection); None = N
+
+    @property
+    def ssm_width(self) -> int:
+        """The width of the SSM state: ``state_rank`` of a projected mixer, else ``state_size``."""
+        return self.state_size if self.state_rank is None else self.state_rank
 
     @classmethod
     def from_config(cls, cfg) -> "InProjLayout":
@@ -104,14 +111,20 @@ class InProjLayout:
         return torch.cat([torch.arange(i), i + flat, i + gn + flat])
 
     def with_state_size(self, n: int) -> "InProjLayout":
+        """The layout with B/C width ``n`` (and no projection)."""
         return InProjLayout(self.hidden_size, self.num_heads, self.head_dim, self.n_groups, n, self.conv_kernel)
 
+    def with_rank(self, r: Optional[int]) -> "InProjLayout":
+        """The same B/C width with the SSM state projected to ``r`` (None: not projected)."""
+        return replace(self, state_rank=r)
+
     def state_elements(self, tp: int = 1) -> tuple[int, int]:
-        """Per sequence and layer on one of ``tp`` tensor-parallel ranks: (conv state elements, SSM state elements).
+        """Per sequence and layer on one of ``tp`` tensor-parallel ranks: (conv state elements, SSM state elements);
+        the conv state is N wide, the SSM state :attr:`ssm_width` wide.
         vLLM shards heads and conv channels by ``tp`` and first adds :func:`extra_groups` groups when tp ∤ n_groups
         (``MambaStateShapeCalculator.mamba2_state_shape``)."""
         if tp < 1 or self.num_heads % tp:
             raise ValueError(f"tensor parallel size {tp} does not divide num_heads {self.num_heads}")
         groups = self.n_groups + extra_groups(self.n_groups, tp)
         conv_dim = self.intermediate_size + 2 * groups * self.state_size
-        return (self.conv_kernel - 1) * (conv_dim // tp), (self.num_heads // tp) * self.head_dim * self.state_size
+        return (self.conv_kernel - 1) * (conv_dim // tp), (self.num_heads // tp) * self.head_dim * self.ssm_width

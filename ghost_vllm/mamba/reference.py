@@ -18,11 +18,31 @@ import torch.nn.functional as F
 
 from ghost_vllm.mamba.layout import InProjLayout
 
-__all__ = ["StepCallback", "ssm_scan", "gated_group_rmsnorm", "SSMInputs", "mixer_ssm_inputs", "mixer_forward"]
+__all__ = ["StepCallback", "chunked_scan", "project_bc", "mixer_projection", "ssm_scan", "gated_group_rmsnorm", "SSMInputs", "mixer_ssm_inputs", "mixer_forward"]
 
 # on_step(h [b, H, P, N], C_t [b, G, N]) after the state update at step t, before C_t reads it; h is the scan's own
 # buffer (updated in place at the next step): read it, don't keep it
 StepCallback = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+# a projected mixer's two tensors (ghost_vllm.mamba.projection; names as in ghost_vllm.ghost_format)
+PROJ_IN_ATTR = "state_proj_in"  # T [G, r, N]
+PROJ_OUT_ATTR = "state_proj_out"  # S [G, N, r]
+
+
+def project_bc(B: torch.Tensor, C: torch.Tensor, proj_in: torch.Tensor,
+               proj_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B, C [..., G, N]`` → ``B' = T·B``, ``C' = Sᵀ·C`` ``[..., G, r]`` with ``proj_in`` T [G, r, N] and
+    ``proj_out`` S [G, N, r] (float32 math, B's dtype out): the scan on (B', C') holds ``h' = T·h``."""
+    Bp = torch.einsum("grn,...gn->...gr", proj_in.float(), B.float())
+    Cp = torch.einsum("gnr,...gn->...gr", proj_out.float(), C.float())
+    return Bp.to(B.dtype), Cp.to(C.dtype)
+
+
+def mixer_projection(mixer) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(T, S) of a projected mixer (:func:`ghost_vllm.mamba.projection.attach_projection`), or None."""
+    T = getattr(mixer, PROJ_IN_ATTR, None)
+    return None if T is None else (T, getattr(mixer, PROJ_OUT_ATTR))
 
 
 def ssm_scan(
@@ -87,7 +107,8 @@ class SSMInputs:
 def mixer_ssm_inputs(mixer, layout: InProjLayout, hidden: torch.Tensor,
                      in_proj_scale: Optional[torch.Tensor] = None) -> SSMInputs:
     """in_proj → causal depthwise conv1d → SiLU → split, for ``hidden [b, T, hidden_size]`` (already normed).
-    ``in_proj_scale [rows]`` multiplies in_proj's output first (a family's µP multipliers, e.g. Falcon-H1's)."""
+    ``in_proj_scale [rows]`` multiplies in_proj's output first (a family's µP multipliers, e.g. Falcon-H1's).
+    A projected mixer's B and C come out projected (``[b, T, G, r]``, :func:`project_bc`)."""
     b, T, _ = hidden.shape
     w = mixer.in_proj.weight.float()
     bias = None if mixer.in_proj.bias is None else mixer.in_proj.bias.float()
@@ -106,15 +127,13 @@ def mixer_ssm_inputs(mixer, layout: InProjLayout, hidden: torch.Tensor,
     dt = F.softplus(dt + mixer.dt_bias.float())
     lo, hi = getattr(mixer, "time_step_limit", (0.0, float("inf")))
     dt = torch.clamp(dt, min=lo, max=hi)
-    return SSMInputs(
-        z=z,
-        x=x.reshape(b, T, H, layout.head_dim),
-        dt=dt,
-        A=-torch.exp(mixer.A_log.float()),
-        B=B.reshape(b, T, layout.n_groups, layout.state_size),
-        C=C.reshape(b, T, layout.n_groups, layout.state_size),
-        D=mixer.D.float(),
-    )
+    B = B.reshape(b, T, layout.n_groups, layout.state_size)
+    C = C.reshape(b, T, layout.n_groups, layout.state_size)
+    projection = mixer_projection(mixer)
+    if projection is not None:
+        B, C = project_bc(B, C, *projection)
+    return SSMInputs(z=z, x=x.reshape(b, T, H, layout.head_dim), dt=dt, A=-torch.exp(mixer.A_log.float()), B=B, C=C,
+                     D=mixer.D.float())
 
 
 def mixer_forward(
@@ -136,7 +155,7 @@ def mixer_forward(
     if chunked:
         if on_step is not None:
             raise AssertionError("on_step needs the sequential scan")
-        y = _chunked_scan(s, B, C, layout, min(int(getattr(mixer, "chunk_size", 256)), GRAD_CHUNK_SIZE))
+        y = chunked_scan(s, B, C, min(int(getattr(mixer, "chunk_size", 256)), GRAD_CHUNK_SIZE))
     else:
         y, _ = ssm_scan(s.x, s.dt, s.A, B, C, s.D, on_step=on_step, on_store=on_store)
     b, T = hidden.shape[:2]
@@ -152,7 +171,8 @@ def mixer_forward(
 GRAD_CHUNK_SIZE = 64
 
 
-def _chunked_scan(s: SSMInputs, B: torch.Tensor, C: torch.Tensor, layout: InProjLayout, chunk_size: int) -> torch.Tensor:
+def chunked_scan(s: SSMInputs, B: torch.Tensor, C: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """transformers' chunked SSD on ``s`` with ``B``, ``C [b, T, G, n]`` → ``y [b, T, H, P]`` (float32)."""
     from transformers.models.mamba2.modeling_mamba2 import mamba2_chunk_scan
 
     # dt is already softplus'ed and clamped: pass no bias, no softplus

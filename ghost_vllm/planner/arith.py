@@ -17,7 +17,7 @@ against vLLM's own ``MambaStateShapeCalculator`` and ``MambaSpec.page_size_bytes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import InProjLayout, extra_groups
@@ -48,10 +48,10 @@ class BlockMath:
 
 
 def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str, ssm_dtype: str, tp: int = 1,
-               padded: bool = False) -> BlockMath:
+               padded: bool = False, state_ranks: Optional[Sequence[int]] = None) -> BlockMath:
     """Per-layer conv/SSM bytes on one of ``tp`` workers, as vLLM allocates them: the elements are
     :meth:`InProjLayout.state_elements` (the one definition the state arithmetic, the metrics and ghost.json use)
-    at each layer's N'_l, priced at the dtypes' sizes."""
+    at each layer's N'_l (a projected state: SSM at ``state_ranks[l]``, conv at N'_l), priced at the dtypes' sizes."""
     if tp < 1 or layout.num_heads % tp:
         raise RecipeError(f"--tensor-parallel-size {tp}: must be a positive divisor of the model's num_heads "
                           f"{layout.num_heads}")
@@ -60,11 +60,12 @@ def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str
     if ssm_dtype not in STATE_DTYPES:
         raise RecipeError(f"SSM state dtype {ssm_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
     conv, ssm = [], []
-    for n in state_sizes:
+    ranks = list(state_ranks) if state_ranks is not None else [None] * len(state_sizes)
+    for n, r in zip(state_sizes, ranks):
         conv_dim = layout.intermediate_size + 2 * (layout.n_groups + extra_groups(layout.n_groups, tp)) * int(n)
         if conv_dim % tp:
             raise RecipeError(f"--tensor-parallel-size {tp}: does not divide the conv channels {conv_dim}")
-        c, s = layout.with_state_size(int(n)).state_elements(tp)
+        c, s = layout.with_state_size(int(n)).with_rank(r).state_elements(tp)
         conv.append(c * DTYPE_BYTES[conv_dtype])
         ssm.append(ssm_state_bytes(s, layout.num_heads // tp, ssm_dtype))
     return BlockMath(tuple(conv), tuple(ssm), padded)

@@ -30,7 +30,8 @@ def capacity_line(config: dict[str, Any], dtype: str, ssm_dtype: str, cache_memo
     if dtype not in DTYPE_BYTES:
         return None
     ssm = dtype if ssm_dtype in ("auto", "None", "") else ssm_dtype
-    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp)
+    bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp,
+                    state_ranks=model.state_ranks)
     blocks = cache_memory // bm.bytes_per_block
     return (f"which holds {max(blocks - 1, 0):,} concurrent sequences of this model ({bm.bytes_per_block:,} B of state "
             f"each; {blocks:,} blocks)")

@@ -31,6 +31,7 @@ class PlanModel:
     refit: bool = False  # ghost checkpoints: out_proj re-solved after truncation
     hybrid: bool = False  # attention + Mamba layers (Nemotron-H, Granite-4.0-H, Falcon-H1, Zamba2): vLLM's hybrid pages
     calibration: Optional[dict[str, Any]] = None  # ghost checkpoints: the calibration spec ghost.json records
+    state_ranks: Optional[tuple[int, ...]] = None  # a projected state (method balanced): r_l of every layer
 
     @property
     def pruned(self) -> bool:
@@ -76,7 +77,7 @@ def _origin(path: Path, ghost: Optional[dict[str, Any]]) -> Optional[str]:
 
 
 def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]], origin: Optional[str]) -> PlanModel:
-    from ghost_vllm.ghost_format import config_state_sizes
+    from ghost_vllm.ghost_format import config_state_ranks, config_state_sizes
     from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm
 
     if "d_model" in cfg and "n_layer" in cfg:  # mamba_ssm layout
@@ -95,10 +96,13 @@ def _from_config(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]]
     if missing:
         raise ModelError(f"{name}: config.json lacks {', '.join(missing)}; pass a Hugging Face-format Mamba2 config")
     sizes = tuple(config_state_sizes(cfg, where=f"{name}/config.json"))
-    if ghost is not None:
+    ranks = config_state_ranks(cfg, where=f"{name}/config.json")
+    if ghost is not None or ranks is not None:
+        ghost = ghost or {}
         return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", cfg["state_size"])),
-                         str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), origin,
-                         bool(ghost.get("refit")), calibration=ghost.get("calibration") or {})
+                         str(ghost.get("method", "balanced" if ranks else "ghost")),
+                         str(ghost.get("allocation", "uniform")), origin, bool(ghost.get("refit")),
+                         calibration=ghost.get("calibration") or {}, state_ranks=tuple(ranks) if ranks else None)
     if len(set(sizes)) > 1:  # per-layer sizes without ghost.json: pruned by someone, method unknown
         return PlanModel(name, cfg, sizes, int(cfg["state_size"]), "unknown", "explicit", origin)
     return PlanModel(name, cfg, sizes, int(cfg["state_size"]), None, None, origin)

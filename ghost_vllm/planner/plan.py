@@ -172,8 +172,9 @@ def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: P
             raise RecipeError(f"{model.name}: the int8 SSM state is served for pure Mamba2 models only; plan this "
                               f"hybrid with --mamba-ssm-cache-dtype")
         return _hybrid_row(model, variant, sizes, method, s)
+    ranks = model.state_ranks if tuple(sizes) == tuple(model.state_sizes) else None  # what-ifs are channel cuts
     bm = block_math(InProjLayout.from_config(model.config), sizes, s.model_dtype(model), s.ssm_dtype(model),
-                    s.tensor_parallel_size, s.padded)
+                    s.tensor_parallel_size, s.padded, ranks)
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
     L, N = len(sizes), model.original_state_size
@@ -181,7 +182,8 @@ def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: P
     q = None if s.ssm_dtype(model) == "int8" else measured_quality(model.origin, method, sizes, s.results,
                                                                    model.calibration if model.pruned else None)
     return PlanRow(
-        model=model.name, variant=variant, sparsity=round(1 - sum(sizes) / (L * N), 6), state_sizes=list(sizes),
+        model=model.name, variant=variant, sparsity=round(1 - sum(ranks or sizes) / (L * N), 6),
+        state_sizes=list(ranks or sizes),
         dtype=s.model_dtype(model), ssm_dtype=s.ssm_dtype(model), tensor_parallel_size=s.tensor_parallel_size,
         mode=s.mode, conv_bytes_per_sequence=sum(bm.conv_bytes), ssm_bytes_per_sequence=sum(bm.ssm_bytes),
         bytes_per_sequence=bm.bytes_per_sequence, bytes_per_block=bm.bytes_per_block, cache_memory_bytes=memory,

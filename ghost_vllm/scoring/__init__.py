@@ -10,7 +10,7 @@ import torch
 from ghost_vllm.scoring import ghost, ghost_unpaired, magnitude, random, taylor
 from ghost_vllm.scoring.base import LayerStats
 
-__all__ = ["LayerStats", "SCORERS", "NEEDS_STATE_STATS", "NEEDS_BACKWARD"]
+__all__ = ["LayerStats", "SCORERS", "NEEDS_STATE_STATS", "NEEDS_BACKWARD", "PROJECTIONS"]
 
 SCORERS: dict[str, Callable[[LayerStats], torch.Tensor]] = {
     "ghost": ghost.score,
@@ -24,3 +24,5 @@ SCORERS: dict[str, Callable[[LayerStats], torch.Tensor]] = {
 NEEDS_STATE_STATS = frozenset({"ghost", "ghost_unpaired"})
 # methods that need a backward pass (mask gradients) before the layer loop
 NEEDS_BACKWARD = frozenset({"taylor"})
+# methods that keep every channel and project the state instead (ghost_vllm.reduce; no scorer)
+PROJECTIONS = frozenset({"balanced"})
