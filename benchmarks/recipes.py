@@ -96,7 +96,7 @@ def write_report(rows: list[dict], out: Path) -> None:
              f"{dense['valid_ppl']:.2f}. Same state bytes in every row of a κ (Σ N'_l equal). Calibration cost: "
              f"benchmarks/results/recipe_cost.md (measured alone; this run's timings share the CPU).", "",
              "B/seq includes the conv state: a balanced row keeps every B/C channel in the conv state (N wide) and "
-             "projects the SSM state to r_l (the last column); its B/seq is 2.4–11 % above the GHOST rows' at the "
+             "projects the SSM state to r_l (the last column), so its B/seq is a little above the GHOST rows' at the "
              "same Σ r_l = Σ N'_l.", "",
              "| κ | B/seq | variant | WikiText-2 ppl (Δ) | reference-valid ppl (Δ) | N'_l or r_l |",
              "|---|---|---|---|---|---|"]

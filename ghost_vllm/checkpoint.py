@@ -17,12 +17,11 @@ from ghost_vllm.errors import ModelError, OutputError
 from ghost_vllm.families import model_family
 from ghost_vllm.ghost_format import (PROJ_IN, PROJ_OUT, STATE_DTYPE_KEY, STATE_RANKS_KEY, config_state_ranks,
                                     mark_ghost_config, write_ghost_json)
-from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id
+from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id, read_config
 from ghost_vllm.weights import safetensors_files, safetensors_header
 
 __all__ = [
     "resolve_tokenizer_path",
-    "read_config",
     "weight_shapes",
     "check_safetensors_complete",
     "validate_model_dir",
@@ -36,21 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-def read_config(model_dir: Path) -> dict[str, Any]:
-    if not model_dir.is_dir():
-        raise ModelError(f"{model_dir}: model directory not found; pass a Hugging Face-format Mamba2 directory with --model")
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise ModelError(f"{model_dir}: no config.json; a Hugging Face-format Mamba2 directory has config.json + *.safetensors")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{cfg_path}: not valid JSON ({e}); restore the file from the original checkpoint") from None
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{cfg_path}: expected a JSON object")
-    return cfg
-
 
 def check_safetensors_complete(path: Path) -> None:
     """Raise :class:`ModelError` unless the file is exactly header + the data its header describes (catches
@@ -270,7 +254,8 @@ def write_checkpoint(
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         cfg_path = tmp / "config.json"
-        cfg = mark_ghost_config(json.loads(cfg_path.read_text(encoding="utf-8")))
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = mark_ghost_config(cfg, model_family(cfg, str(cfg_path)).ghost_architecture)
         if ghost.get("state_dtype"):
             cfg[STATE_DTYPE_KEY] = ghost["state_dtype"]
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")

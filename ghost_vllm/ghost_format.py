@@ -9,7 +9,7 @@
   the conv and its SiLU (:mod:`ghost_vllm.mamba.projection`).
 - ``ghost.json``: provenance — method, sparsity, per-layer sizes and kept channel indices, the bytes per sequence
   before and after, the calibration, the source's sha256, the resolved recipe, the adaptive allocation and the refit
-  when used, timings (:func:`ghost_record`).
+  when used, timings (written by :func:`ghost_vllm.pruning.ghost_record`).
 
 Used by ``prune`` (writing), ``inspect``/``plan`` (reading), the plugin's validation and its metrics.
 """
@@ -17,7 +17,6 @@ Used by ``prune`` (writing), ``inspect``/``plan`` (reading), the plugin's valida
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,7 +25,7 @@ from ghost_vllm.errors import CheckpointError, ModelError
 __all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_RANKS_KEY", "PROJ_IN", "PROJ_OUT", "STATE_DTYPE_KEY", "CACHED_STATE_DTYPES", "FORMAT_VERSION",
            "is_ghost_checkpoint", "read_ghost_json", "write_ghost_json", "config_state_sizes", "config_state_ranks",
            "config_state_dtype",
-           "set_state_sizes", "mark_ghost_config", "ghost_record"]
+           "set_state_sizes", "mark_ghost_config"]
 
 GHOST_FILE = "ghost.json"
 LAYER_STATE_SIZES_KEY = "layer_state_sizes"
@@ -80,14 +79,11 @@ def config_state_sizes(cfg: Mapping[str, Any] | Any, where: str = "config.json")
 def config_state_ranks(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[list[int]]:
     """r_l of every Mamba layer of a projected checkpoint (``ghost_state_ranks``), or None for a checkpoint whose
     SSM state is as wide as its B/C channels. Raises :class:`ModelError` on a malformed key."""
-    from ghost_vllm.families import family_for_config
-
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
     ranks: Optional[Sequence[Any]] = get(STATE_RANKS_KEY)
     if ranks is None:
         return None
-    family = family_for_config(cfg)
-    L, N = len(family.mamba_layers(cfg)), family.state_size(cfg)
+    L, N = int(get("num_hidden_layers")), int(get("state_size"))  # projected states: pure Mamba2 only
     if not isinstance(ranks, (list, tuple)) or len(ranks) != L or not all(
         isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= N for r in ranks
     ):
@@ -128,64 +124,7 @@ def set_state_sizes(config: Any, family, sizes: Sequence[int], ranks: Optional[S
     setattr(config, LAYER_STATE_SIZES_KEY, [int(n) for n in sizes])
 
 
-def mark_ghost_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A saved ``config.json`` dict with the ghost architecture the plugin registers (``model_type`` unchanged)."""
-    from ghost_vllm.families import family_for_config
-
-    return {**cfg, "architectures": [family_for_config(cfg).ghost_architecture]}
-
-
-def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any],
-                 source: Path, digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
-    """``ghost.json`` for ``pruned`` (:class:`ghost_vllm.pruning.Pruned`) of the model whose original
-    ``config.json`` dict is ``cfg``; ``recipe`` the resolved recipe, ``calibration`` the windows' description.
-    ``state_dtype`` "int8": the state is cached as int8 + per-head scales (``state_bytes_*`` of the checkpoint price
-    that; the original stays at the model dtype), and :func:`write_checkpoint` puts ``ghost_state_dtype`` into
-    config.json."""
-    from ghost_vllm import __version__
-    from ghost_vllm.families import family_for_config
-    from ghost_vllm.state import state_size_of
-
-    report, allocation, selection, dtype = pruned.report, pruned.allocation, pruned.selection, pruned.dtype
-    family = family_for_config(cfg)
-    orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
-    new = state_size_of(cfg, dtype=dtype, ssm_dtype=state_dtype, state_sizes=report.state_sizes,
-                        state_ranks=report.state_ranks)
-    return {
-        "format_version": FORMAT_VERSION,
-        "package": "ghost_vllm",
-        "version": __version__,
-        "method": report.method,
-        "sparsity": report.sparsity,
-        "multiple_of": selection.multiple_of,
-        "seed": selection.seed,
-        "state_size_original": report.state_size_original,
-        "state_size": report.state_size,
-        "allocation": pruned.allocation_kind,
-        "state_sizes": report.state_sizes,
-        **({"state_ranks": report.state_ranks,
-            "energy_kept": [layer.energy_kept for layer in report.layers]} if report.state_ranks else {}),
-        **({"hankel_singular_values": report.hankel_ranks} if report.hankel_ranks else {}),
-        "state_bytes_per_layer": list(new.layer_bytes),
-        "family": family.name,
-        "n_groups": family.layout(cfg).n_groups,
-        "num_hidden_layers": family.num_layers(cfg),
-        "mamba_layers": family.mamba_layers(cfg),
-        "state_bytes_per_sequence_original": orig.bytes_per_sequence,
-        "state_bytes_per_sequence": new.bytes_per_sequence,
-        "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
-        "dtype": dtype,
-        **({"state_dtype": state_dtype} if state_dtype else {}),
-        "layers": [layer.to_dict() for layer in report.layers],
-        "calibration": calibration,
-        "source": {"path": str(Path(source).resolve()), "sha256": digest},
-        "recipe": recipe,
-        **({"adaptive": allocation.to_dict()} if allocation is not None else {}),
-        **({"refit": {"weights": ["out_proj"], "target": report.refit[0].target, "alpha": report.refit[0].alpha,
-                      "error_relative": "Σ||t − W u'||² / Σ||t||² on the calibration tokens, before → after",
-                      "layers": [r.to_dict() for r in report.refit]}} if report.refit else {}),
-        "timings": {"calibration_s": report.calibration_s,
-                    "allocation_s": allocation.seconds if allocation is not None else 0.0,
-                    "peak_memory_bytes": report.peak_memory_bytes,
-                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
-    }
+def mark_ghost_config(cfg: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """A saved ``config.json`` dict with the family's ghost ``architecture`` the plugin registers (``model_type``
+    unchanged)."""
+    return {**cfg, "architectures": [architecture]}

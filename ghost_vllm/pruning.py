@@ -7,7 +7,7 @@
     pruned = ghost_vllm.prune(model, tokens, SelectionSpec(sparsity=0.5, allocation="adaptive", refit=True))
     pruned.model          # the same module, pruned in place, its config's state sizes written
     pruned.report         # per layer: kept channel indices, score summaries, refit errors, timings
-    pruned.record(...)    # ghost.json (ghost_vllm.ghost_format.ghost_record)
+    pruned.record(...)    # ghost.json (ghost_record)
 
 Order of work: :func:`check_selection` (everything the selection asks of the model's family and shapes, one-line
 errors — the CLI calls it again before loading any weight), then the adaptive allocation when asked
@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+import resource
+
 import torch
 
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.errors import ModelError, RecipeError
 from ghost_vllm.families import Family, family_for_config
+from ghost_vllm.state import state_size_of
+from ghost_vllm import __version__
 from ghost_vllm.families.base import cfg_get
-from ghost_vllm.ghost_format import LAYER_STATE_SIZES_KEY, ghost_record, set_state_sizes
+from ghost_vllm.ghost_format import FORMAT_VERSION, LAYER_STATE_SIZES_KEY, set_state_sizes
 from ghost_vllm.pipeline import PruneReport, dense_gramians, prune_layers
 from ghost_vllm.reduce.balanced import allocate_ranks, hankel_singular_values
 from ghost_vllm.recipe import SelectionSpec
@@ -36,7 +40,7 @@ from ghost_vllm.refit import RefitSpec
 from ghost_vllm.scoring import NEEDS_BACKWARD, PROJECTIONS
 from ghost_vllm.selection import check_state_sizes, kept_count
 
-__all__ = ["Pruned", "SelectionPlan", "check_selection", "prune"]
+__all__ = ["Pruned", "SelectionPlan", "check_selection", "ghost_record", "prune"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ class Pruned:
 
     def record(self, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any], source: Path,
                digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
-        """``ghost.json`` for this result (:func:`ghost_vllm.ghost_format.ghost_record`); ``state_dtype`` "int8"
+        """``ghost.json`` for this result (:func:`ghost_record`); ``state_dtype`` "int8"
         when the checkpoint asks for the plugin's int8 SSM state."""
         return ghost_record(self, cfg, recipe, calibration, source, digest, state_dtype)
 
@@ -161,3 +165,55 @@ def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = S
     set_state_sizes(model.config, plan.family, report.state_sizes, report.state_ranks)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     return Pruned(model, report, sel, allocation, dtype)
+
+
+def ghost_record(pruned, cfg: dict[str, Any], recipe: dict[str, Any], calibration: dict[str, Any],
+                 source: Path, digest: str, state_dtype: Optional[str] = None) -> dict[str, Any]:
+    """``ghost.json`` for ``pruned`` (:class:`Pruned`) of the model whose original
+    ``config.json`` dict is ``cfg``; ``recipe`` the resolved recipe, ``calibration`` the windows' description.
+    ``state_dtype`` "int8": the state is cached as int8 + per-head scales (``state_bytes_*`` of the checkpoint price
+    that; the original stays at the model dtype), and :func:`write_checkpoint` puts ``ghost_state_dtype`` into
+    config.json."""
+    report, allocation, selection, dtype = pruned.report, pruned.allocation, pruned.selection, pruned.dtype
+    family = family_for_config(cfg)
+    orig = state_size_of(cfg, state_size=report.state_size_original, dtype=dtype)
+    new = state_size_of(cfg, dtype=dtype, ssm_dtype=state_dtype, state_sizes=report.state_sizes,
+                        state_ranks=report.state_ranks)
+    return {
+        "format_version": FORMAT_VERSION,
+        "package": "ghost_vllm",
+        "version": __version__,
+        "method": report.method,
+        "sparsity": report.sparsity,
+        "multiple_of": selection.multiple_of,
+        "seed": selection.seed,
+        "state_size_original": report.state_size_original,
+        "state_size": report.state_size,
+        "allocation": pruned.allocation_kind,
+        "state_sizes": report.state_sizes,
+        **({"state_ranks": report.state_ranks,
+            "energy_kept": [layer.energy_kept for layer in report.layers]} if report.state_ranks else {}),
+        **({"hankel_singular_values": report.hankel_ranks} if report.hankel_ranks else {}),
+        "state_bytes_per_layer": list(new.layer_bytes),
+        "family": family.name,
+        "n_groups": family.layout(cfg).n_groups,
+        "num_hidden_layers": family.num_layers(cfg),
+        "mamba_layers": family.mamba_layers(cfg),
+        "state_bytes_per_sequence_original": orig.bytes_per_sequence,
+        "state_bytes_per_sequence": new.bytes_per_sequence,
+        "state_reduction_ratio": orig.bytes_per_sequence / new.bytes_per_sequence,
+        "dtype": dtype,
+        **({"state_dtype": state_dtype} if state_dtype else {}),
+        "layers": [layer.to_dict() for layer in report.layers],
+        "calibration": calibration,
+        "source": {"path": str(Path(source).resolve()), "sha256": digest},
+        "recipe": recipe,
+        **({"adaptive": allocation.to_dict()} if allocation is not None else {}),
+        **({"refit": {"weights": ["out_proj"], "target": report.refit[0].target, "alpha": report.refit[0].alpha,
+                      "error_relative": "Σ||t − W u'||² / Σ||t||² on the calibration tokens, before → after",
+                      "layers": [r.to_dict() for r in report.refit]}} if report.refit else {}),
+        "timings": {"calibration_s": report.calibration_s,
+                    "allocation_s": allocation.seconds if allocation is not None else 0.0,
+                    "peak_memory_bytes": report.peak_memory_bytes,
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+    }

@@ -98,9 +98,7 @@ class Recipe:
         """``output.dir``, or ``<model name>-<method><percent>`` in the working directory."""
         if self.output.dir:
             return Path(self.output.dir)
-        from ghost_vllm.sources import BUNDLED_MODELS
-
-        name = self.model.path if self.model.path in BUNDLED_MODELS else Path(self.model.path.rstrip("/")).name
+        name = Path(self.model.path.rstrip("/")).name  # a bundled name is its own last component
         s = self.selection
         if s.state_sizes is not None:
             return Path(f"{name}-{s.method}-layers")

@@ -7,6 +7,7 @@ through :func:`resolve`; reading weights is :mod:`ghost_vllm.checkpoint`'s and t
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 from ghost_vllm.errors import ModelError
 
-__all__ = ["ModelSource", "resolve", "BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
+__all__ = ["ModelSource", "resolve", "read_config", "BUNDLED_MODELS", "bundled_model_dir", "TOKENIZER_FILES", "HUB_PATTERNS", "is_hub_id", "hub_snapshot",
            "resolve_model_path", "require_model_dir"]
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,23 @@ BUNDLED_MODELS = {
     "recall": "the MQAR recall Mamba2 (2 layers) trained here",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory as a dict; :class:`ModelError` in one line when missing or unreadable."""
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: model directory not found; pass a Hugging Face-format Mamba2 directory with --model")
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{model_dir}: no config.json; a Hugging Face-format Mamba2 directory has config.json + *.safetensors")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg_path}: not valid JSON ({e}); restore the file from the original checkpoint") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{cfg_path}: expected a JSON object")
+    return cfg
+
 
 
 def bundled_model_dir(name: str) -> Path:
@@ -69,7 +87,6 @@ class ModelSource:
 def resolve(name: str) -> ModelSource:
     """A bundled name, a local directory or a Hub id → :class:`ModelSource`, its config read and its family checked
     (one-line :class:`ModelError` otherwise). Weights are neither read nor validated here."""
-    from ghost_vllm.checkpoint import read_config
     from ghost_vllm.families import model_family
     from ghost_vllm.mamba.mamba_ssm_format import hf_config_from_mamba_ssm, is_mamba_ssm_config
 

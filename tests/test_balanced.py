@@ -191,3 +191,26 @@ def test_refusals_before_loading(tiny_dirs):
         check_selection(hybrid, SelectionSpec("balanced", 0.5, allocation="uniform"))
     assert main(["prune", "--model", str(tiny_dirs[1]), "--method", "balanced", "--sparsity", "0.5",
                  "--multiple-of", "3", "--state-sizes", "8,7", "--no-progress"]) == 2
+
+
+def test_state_format_simulation_runs_the_projected_state(tiny_dirs):
+    """eval --state-dtype / compare simulate the served state through the same projection, and leave it in place."""
+    from ghost_vllm.checkpoint import load_model
+    from ghost_vllm.loadtest.state_formats import FORMATS, stored_state_mixers
+
+    src = tiny_dirs[1]
+    calib, tok = _calib(src)
+    model = load_model(src)
+    ghost_vllm.prune(model, calib, SelectionSpec("balanced", 0.5, 4, allocation="uniform", refit=False),
+                     progress=False)
+    x = torch.randint(2, len(tok), (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model(x, use_cache=False).logits
+        with stored_state_mixers(model, FORMATS["float32"]):
+            sequential = model(x, use_cache=False).logits
+        with stored_state_mixers(model, FORMATS["int8"]):
+            int8 = model(x, use_cache=False).logits
+        after = model(x, use_cache=False).logits
+    torch.testing.assert_close(sequential, before, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    assert 0 < float((int8 - before).abs().max()) < 0.05 * float(before.abs().max())

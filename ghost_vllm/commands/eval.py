@@ -31,7 +31,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model_dir = require_model_dir(args.model)
     state_dtype = _state_dtype(args.state_dtype, model_dir)
     if args.recall:
-        from ghost_vllm.checkpoint import read_config
+        from ghost_vllm.sources import read_config
 
         vocab = int(read_config(model_dir).get("vocab_size", 0))
         if vocab != 512:
@@ -55,7 +55,7 @@ STATE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 
 def _state_dtype(given: str, model_dir) -> str:
     """The SSM-state format to score through (``auto``: the checkpoint's ``ghost_state_dtype``, else float32)."""
-    from ghost_vllm.checkpoint import read_config
+    from ghost_vllm.sources import read_config
     from ghost_vllm.families import model_family
     from ghost_vllm.ghost_format import config_state_dtype
 

@@ -18,8 +18,6 @@ then the mixer's own norm and ``out_proj``.
 
 from __future__ import annotations
 
-import types
-
 import torch
 
 from ghost_vllm.mamba.layout import InProjLayout
@@ -52,7 +50,8 @@ def _projected_forward(self, hidden_states: torch.Tensor, cache_params=None, att
 
 def attach_projection(mixer, proj_in: torch.Tensor, proj_out: torch.Tensor) -> None:
     """Make a transformers Mamba2 mixer project its state: ``proj_in`` T [G, r, N], ``proj_out`` S [G, N, r] become
-    float32 buffers (``state_proj_in`` / ``state_proj_out``) and its forward applies them. Idempotent."""
+    float32 buffers (``state_proj_in`` / ``state_proj_out``) and its class becomes a subclass whose forward applies
+    them. Idempotent."""
     G, r, N = proj_in.shape
     if tuple(proj_out.shape) != (G, N, r):
         raise AssertionError(f"state_proj_out has shape {tuple(proj_out.shape)}, expected {(G, N, r)}")
@@ -62,7 +61,20 @@ def attach_projection(mixer, proj_in: torch.Tensor, proj_out: torch.Tensor) -> N
     device = mixer.in_proj.weight.device
     mixer.register_buffer(PROJ_IN_ATTR, proj_in.detach().to(device=device, dtype=torch.float32).contiguous())
     mixer.register_buffer(PROJ_OUT_ATTR, proj_out.detach().to(device=device, dtype=torch.float32).contiguous())
-    mixer.forward = types.MethodType(_projected_forward, mixer)
+    if not getattr(type(mixer), "projected_state", False):
+        mixer.__class__ = _projected_class(type(mixer))
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _projected_class(base: type) -> type:
+    """``base`` with the projected forward (a subclass, so that code which patches a mixer's forward for a while and
+    then deletes the instance attribute gets the projected forward back)."""
+    if base not in _CLASSES:
+        _CLASSES[base] = type(f"Projected{base.__name__}", (base,), {"forward": _projected_forward,
+                                                                     "projected_state": True})
+    return _CLASSES[base]
 
 
 def project_mixers(model, ranks) -> None:

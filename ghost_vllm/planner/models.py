@@ -133,7 +133,7 @@ def plan_model_from_config(name: str, cfg: dict[str, Any]) -> PlanModel:
 
 
 def resolve_plan_model(name: str) -> PlanModel:
-    from ghost_vllm.checkpoint import read_config
+    from ghost_vllm.sources import read_config
     from ghost_vllm.ghost_format import is_ghost_checkpoint, read_ghost_json
     from ghost_vllm.sources import hub_snapshot, is_hub_id
     from ghost_vllm.mamba.mamba_ssm_format import mamba_ssm_config

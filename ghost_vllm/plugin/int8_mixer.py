@@ -35,7 +35,7 @@ from vllm.platforms import current_platform
 from vllm.v1.attention.backends.utils import NULL_BLOCK_ID, PAD_SLOT_ID
 
 from ghost_vllm.mamba.int8_state import dequantize, quantize
-from ghost_vllm.plugin.model import GhostMambaMixer2
+from ghost_vllm.plugin.mixer import GhostMambaMixer2
 
 __all__ = ["GhostInt8MambaMixer2", "INT8_VLLM_VERSIONS", "check_int8_engine"]
 

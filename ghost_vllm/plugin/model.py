@@ -11,6 +11,11 @@ N'_l are rebuilt at their own size (their mixers re-registered under the same la
 :class:`~ghost_vllm.plugin.spec.GhostMambaSpec` so that the engine allocates Σ_l bytes(N'_l) per sequence. The vLLM
 patch this needs is applied here, in the worker, and only for such a checkpoint; a uniform checkpoint is served by
 the stock classes exactly as before.
+
+Projected state (``ghost_state_ranks``, :mod:`ghost_vllm.plugin.projected`): every layer is built at N, then its
+mixer converted to an SSM state r_l wide with its ``state_proj_in`` / ``state_proj_out`` tensors, which
+:meth:`GhostMamba2ForCausalLM.load_weights` requires (a missing one fails start-up, naming it). Composes with the int8
+state; ranks that differ per layer need the same patch as per-layer sizes.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ import logging
 import os
 from pathlib import Path
 
-from vllm.model_executor.layers.mamba.mamba_mixer2 import MambaMixer2
 from vllm.model_executor.models.config import MambaModelConfig
 from vllm.model_executor.models.mamba2 import Mamba2DecoderLayer, Mamba2ForCausalLM
 
-from ghost_vllm.ghost_format import config_state_dtype, config_state_sizes, is_ghost_checkpoint
+from ghost_vllm.ghost_format import config_state_dtype, config_state_ranks, config_state_sizes, is_ghost_checkpoint
 from ghost_vllm.mamba.budgets import is_uniform
+from ghost_vllm.plugin.mixer import GhostMambaMixer2
 from ghost_vllm.plugin.validate import validate_ghost_checkpoint
 
 __all__ = ["GhostMamba2ForCausalLM", "GhostMambaModelConfig", "GhostMambaMixer2", "check_checkpoint"]
@@ -78,16 +83,6 @@ class GhostMambaModelConfig(MambaModelConfig):
             check_int8_engine(vllm_config)  # after vLLM's defaults (prefix caching), before any worker starts
 
 
-class GhostMambaMixer2(MambaMixer2):
-    """The stock mixer reporting a :class:`GhostMambaSpec` (per-layer page size; see ``ghost_vllm.plugin.spec``)."""
-
-    def get_kv_cache_spec(self, vllm_config):
-        from ghost_vllm.plugin.spec import ghost_spec
-
-        spec = super().get_kv_cache_spec(vllm_config)
-        return ghost_spec(spec) if spec is not None else None
-
-
 class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
     """Stock Mamba2 for a ghost checkpoint (``config.state_size`` = N', or per layer ``layer_state_sizes``)."""
 
@@ -95,12 +90,13 @@ class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
         check_checkpoint(vllm_config.model_config.model)  # again in the worker: the config map may have been bypassed
         hf = vllm_config.model_config.hf_config
         sizes = config_state_sizes(hf)
+        ranks = config_state_ranks(hf)
         int8 = config_state_dtype(hf) == "int8"
         if int8:
             from ghost_vllm.plugin.int8_mixer import check_int8_engine
 
             check_int8_engine(vllm_config)
-        if not is_uniform(sizes):
+        if not is_uniform(sizes) or (ranks is not None and not is_uniform(ranks)):
             from ghost_vllm_patches import PATCHES, apply_patch
 
             apply_patch(PATCHES["ssu-backend-uniform-type"])  # before any layer is built: refuse early
@@ -114,6 +110,27 @@ class GhostMamba2ForCausalLM(Mamba2ForCausalLM):
                 if isinstance(layer, Mamba2DecoderLayer):
                     layer.mixer.__class__ = GhostInt8MambaMixer2
             log.info("ghost int8 SSM state: int8 + one float32 scale per head in every Mamba layer")
+        self._projections: list[str] = []
+        if ranks is not None:
+            self._project(hf, ranks)
+
+    def _project(self, hf, ranks: list[int]) -> None:
+        from ghost_vllm.plugin.projected import project_mixer, projection_names
+
+        for layer, r in zip(self.backbone.layers, ranks):
+            if isinstance(layer, Mamba2DecoderLayer):  # else another pipeline stage's layer
+                project_mixer(layer.mixer, r, int(hf.n_groups))
+                self._projections += projection_names(layer.mixer.prefix)
+        log.info("ghost projected SSM state: ranks %s (conv state and in_proj at state_size %d)", ranks,
+                 int(hf.state_size))
+
+    def load_weights(self, weights) -> set[str]:
+        loaded = super().load_weights(weights)
+        missing = [n for n in self._projections if n not in loaded]
+        if missing:
+            raise ValueError(f"ghost projected checkpoint: model.safetensors lacks {', '.join(missing)} "
+                             f"(config.json lists ghost_state_ranks); re-run 'ghost-vllm prune'")
+        return loaded
 
     def _build_per_layer(self, vllm_config, sizes: list[int]) -> None:
         hf = vllm_config.model_config.hf_config

@@ -4,11 +4,13 @@
 
 SPEC: {"jobs": [{"model": DIR, "prompts": [[ids...], ...], "max_tokens": 8, "kv_cache_memory_bytes": N,
                  "max_model_len": 512, "mamba_ssm_cache_dtype": "auto", "apply_patches": ["patch-name", ...],
-                 "hf_overrides": {...}, "score": [[ids...], ...], "long_prefill_token_threshold": 1}]}
+                 "hf_overrides": {...}, "score": [[ids...], ...], "long_prefill_token_threshold": 1,
+                 "tensor_parallel_size": 1}]}
 ("apply_patches" installs ghost_vllm_patches in this process first; run with VLLM_ENABLE_V1_MULTIPROCESSING=0 so
 the engine runs in this process too.)
 OUT:  {"results": [{"model": DIR, "tokens": [[ids...]], "num_gpu_blocks": N, "error": null | "Type: message",
-                   "nll": [float, ...] (with "score": −Σ log p of each prompt's tokens after its first)}]}
+                   "nll": [float, ...] (with "score": −Σ log p of each prompt's tokens after its first),
+                   "logprobs": [[float, ...], ...] (with "score": log p of each of those tokens)}]}
 "long_prefill_token_threshold": 1 feeds every prompt one token per engine step, so each token's state goes through
 the cache (what decode does) and prompt log-probabilities see the stored state format.
 """
@@ -36,6 +38,7 @@ def run_job(job: dict) -> dict:
             kv_cache_memory_bytes=int(job.get("kv_cache_memory_bytes", 64 * 2**20)),
             max_model_len=int(job.get("max_model_len", 512)),
             max_num_seqs=int(job.get("max_num_seqs", 256)),
+            tensor_parallel_size=int(job.get("tensor_parallel_size", 1)),
             mamba_ssm_cache_dtype=job.get("mamba_ssm_cache_dtype", "auto"),
             enforce_eager=True,
             enable_prefix_caching=bool(job.get("enable_prefix_caching", False)),
@@ -55,8 +58,9 @@ def run_job(job: dict) -> dict:
     if job.get("score"):  # Σ −log p(token) over every prompt token after the first, per prompt (prompt_logprobs)
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         results = llm.generate([{"prompt_token_ids": p} for p in job["score"]], params, use_tqdm=False)
-        out["nll"] = [-sum(lp[t].logprob for lp, t in zip(r.prompt_logprobs[1:], p[1:]))
-                      for r, p in zip(results, job["score"])]
+        out["logprobs"] = [[lp[t].logprob for lp, t in zip(r.prompt_logprobs[1:], p[1:])]
+                           for r, p in zip(results, job["score"])]
+        out["nll"] = [-sum(lps) for lps in out["logprobs"]]
     del llm
     gc.collect()
     return out
