@@ -98,37 +98,35 @@ def _bc_rows(mixer, layout: InProjLayout) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def _stream(acc, block, layout: InProjLayout, inputs: list[torch.Tensor], progress: Optional[tqdm],
+            family: Optional[Family], calls: Optional[list[BlockCall]]):
+    """Run the reference scan of one layer over the cached block inputs ``[b, T, hidden]`` with ``acc.update`` as
+    its ``on_step`` (the mixer's own input is what the block hands it — after its norm, and for a Zamba2 hybrid layer
+    after the shared attention); return ``acc.finalize()``."""
+    family = family or family_by_name("mamba2")
+    mixer = family.mixer(block)
+    for i, x in enumerate(inputs):
+        h = mixer_input(block, mixer, x, calls[i] if calls else BlockCall())
+        s = mixer_ssm_inputs(mixer, layout, h * family.input_scale(mixer), family.in_proj_scale(mixer))
+        ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update)
+        if progress is not None:
+            progress.update(1)
+    return acc.finalize()
+
+
 def layer_moments(block, layout: InProjLayout, inputs: list[torch.Tensor], progress: Optional[tqdm] = None,
                   family: Optional[Family] = None, calls: Optional[list[BlockCall]] = None) -> ChannelMoments:
-    """Stream one layer's scan statistics over the cached inputs ``[b, T, hidden]`` (block inputs; the mixer's own
-    input is what the block hands it — after its norm, and for a Zamba2 hybrid layer after the shared attention)."""
-    family = family or family_by_name("mamba2")
-    mixer = family.mixer(block)
+    """One layer's per-channel scan statistics (the GHOST scores' input), streamed over the cached block inputs."""
     acc = StateChannelAccumulator(layout.n_groups, layout.state_size, layout.heads_per_group, layout.head_dim)
-    for i, x in enumerate(inputs):
-        h = mixer_input(block, mixer, x, calls[i] if calls else BlockCall())
-        s = mixer_ssm_inputs(mixer, layout, h * family.input_scale(mixer), family.in_proj_scale(mixer))
-        ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update)
-        if progress is not None:
-            progress.update(1)
-    return acc.finalize()
+    return _stream(acc, block, layout, inputs, progress, family, calls)
 
 
-@torch.no_grad()
 def layer_gramians(block, layout: InProjLayout, inputs: list[torch.Tensor], progress: Optional[tqdm] = None,
                    family: Optional[Family] = None, calls: Optional[list[BlockCall]] = None) -> Gramians:
-    """One layer's controllability and observability Gramians (:mod:`ghost_vllm.reduce.balanced`) streamed over the
-    cached block inputs ``[b, T, hidden]``, as :func:`layer_moments` streams the channel moments."""
-    family = family or family_by_name("mamba2")
-    mixer = family.mixer(block)
+    """One layer's controllability and observability Gramians (:mod:`ghost_vllm.reduce.balanced`), streamed over
+    the cached block inputs."""
     acc = GramianAccumulator(layout.n_groups, layout.state_size, layout.heads_per_group, layout.head_dim)
-    for i, x in enumerate(inputs):
-        h = mixer_input(block, mixer, x, calls[i] if calls else BlockCall())
-        s = mixer_ssm_inputs(mixer, layout, h * family.input_scale(mixer), family.in_proj_scale(mixer))
-        ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update)
-        if progress is not None:
-            progress.update(1)
-    return acc.finalize()
+    return _stream(acc, block, layout, inputs, progress, family, calls)
 
 
 @torch.no_grad()
