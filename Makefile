@@ -32,7 +32,7 @@ run: setup
 		--prompt " = Valkyria Chronicles =" --prompt " The city of Paris is" --json build/reference-slots.json
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=40 tests
 
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not vllm and not slow"
