@@ -72,6 +72,7 @@ class PruneReport:
     calibration_s: float = 0.0
     peak_memory_bytes: Optional[int] = None
     refit: list[RefitLayer] = field(default_factory=list)
+    hankel_seconds: float = 0.0  # allocation hankel: the dense Gramian pre-pass
     hankel_ranks: Optional[list[list[float]]] = None  # allocation hankel: the dense model's σ per layer (G·N each)
 
 

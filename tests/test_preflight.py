@@ -75,6 +75,15 @@ def test_flashinfer_with_a_per_layer_checkpoint_is_refused_in_one_line():
     preflight(cfg, [48, 32], ServeChoices(mamba_backend="flashinfer", ssm_state_bytes=4))
 
 
+def test_flashinfer_rule_sees_a_projected_state_at_its_ranks():
+    # balanced truncation: in_proj/conv stay N = 128 wide, the kernels' d_state is the rank r_l
+    cfg = {**_cfg(head_dim=64, hidden_size=256, state_size=128), "num_hidden_layers": 3,
+           "ghost_state_ranks": [64, 40, 64]}
+    with pytest.raises(RecipeError, match=r"d_state 40"):
+        preflight(cfg, [128, 128, 128], ServeChoices(mamba_backend="flashinfer"))
+    preflight({**cfg, "ghost_state_ranks": [64, 64, 64]}, [128, 128, 128], ServeChoices(mamba_backend="flashinfer"))
+
+
 def test_flashinfer_refused_through_serve(tiny_dirs, capsys):
     assert cli(["serve", str(tiny_dirs / "g2"), "--mamba-backend", "flashinfer"]) == 2
     err = capsys.readouterr().err

@@ -3,7 +3,7 @@ update with state indices and a null block) at every state size the product emit
 against the reference scan. Runs in a subprocess of its own (TRITON_INTERPRET=1, no CUDA devices): the kernels are
 loaded from the installed wheel's files without importing vLLM, so no engine shares the process.
 
-Time on this machine (2 cores): about 2 minutes for the 20 cases, 10 s for the mismatch check."""
+Time on this machine (2 cores): about 2 minutes for the 23 cases, 10 s for the mismatch check."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def test_vllm_kernels_equal_reference_scan_at_product_sizes(tmp_path):
     assert set(product_state_sizes(128)) <= covered
     assert {256, 32} <= covered
     assert {120, 48, 72, 64, 40} <= covered  # the shipped adaptive checkpoint's per-layer sizes
+    assert {104, 80, 56} <= covered  # balanced truncation's Hankel ranks (reference model), nowhere else emitted
     assert {c["n_groups"] for c in cases} >= {1, 2, 4, 8}  # n_groups 1/2/8 and their TP 2/4 shards
     labels = " ".join(c["label"] for c in cases)
     for tp in ("TP2", "TP4"):

@@ -42,11 +42,15 @@ class PruneOutcome:
         shown = ranks or sizes
         n = str(shown[0]) if len(set(shown)) == 1 else f"[{', '.join(map(str, shown))}] ({g['allocation']})"
         what = "state rank r" if ranks else "N"
+        t = g["timings"]
+        parts = f"calibration {t['calibration_s']:.1f} s"
+        if t["allocation_s"]:
+            parts = f"{g['allocation']} allocation {t['allocation_s']:.1f} s + {parts}"
         return (
             f"wrote {self.out_dir}: {g['method']} κ={g['sparsity']:.4g}, {what} {g['state_size_original']} → {n} "
             f"in {len(g.get('mamba_layers', sizes))} Mamba layers; state/sequence {g['state_bytes_per_sequence_original']:,} B → "
-            f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); calibration "
-            f"{g['timings']['calibration_s']:.1f} s"
+            f"{g['state_bytes_per_sequence']:,} B ({g['state_reduction_ratio']:.3f}×); pruning "
+            f"{t['calibration_s'] + t['allocation_s']:.1f} s ({parts})"
         )
 
 

@@ -7,8 +7,9 @@ Sources, read from the repository (nothing restated here):
   (``ghost_vllm/families/configs/*.json``), each through its family's layout;
 * state sizes: the shipped recipes' uniform N' (``configs/*.yaml``: :func:`~ghost_vllm.selection.kept_count`), the
   sweep's uniform cuts (κ 0.25 … 0.875), the per-layer sizes the adaptive allocator chose for the reference model
-  (``benchmarks/results/budgets/budgets.json``; κ 0.5 is the shipped ``make run`` checkpoint) and the allocator's
-  smallest size (8);
+  (``benchmarks/results/budgets/budgets.json``; κ 0.5 is the shipped ``make run`` checkpoint), the per-layer ranks
+  balanced truncation chose for it (``benchmarks/results/recipes/recipes.json``: a projected state's kernels run at
+  d_state = r_l) and the allocator's smallest size (8);
 * TP shards: ``H/tp`` heads and ``(G + extra_groups(G, tp))/tp`` groups per rank, as vLLM shards a Mamba2 mixer.
 
 The interpreter runs each program of a grid in Python, so a case keeps the rank's groups and the ratio heads/group
@@ -85,6 +86,12 @@ def product_state_sizes(dense: int) -> dict[int, list[str]]:
         for row in budgets["summary"]:
             for layer, n in enumerate(row["adaptive_sizes"]):
                 add(n, f"reference adaptive κ {row['sparsity']} layer {layer}")
+        # balanced truncation: the kernels run at each layer's rank r_l (benchmarks/results/recipes/recipes.json)
+        recipes = json.loads((REPO_ROOT / "benchmarks/results/recipes/recipes.json").read_text())
+        for row in recipes["rows"]:
+            if row["variant"].startswith("balanced"):
+                for layer, r in enumerate(row["state_sizes"]):
+                    add(r, f"reference {row['variant']} κ {row['sparsity']} layer {layer} (rank)")
     add(8, "--min-state-size 8")
     return dict(sorted(sizes.items(), reverse=True))
 
