@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from ghost_vllm.errors import ModelError, OutputError
 from ghost_vllm.families import model_family
-from ghost_vllm.ghost_format import (PROJ_IN, PROJ_OUT, STATE_DTYPE_KEY, STATE_RANKS_KEY, config_state_ranks,
+from ghost_vllm.ghost_format import (PROJ_IN, PROJ_OUT, STATE_DTYPE_KEY, STATE_RANKS_KEY,
                                     mark_ghost_config, write_ghost_json)
 from ghost_vllm.sources import TOKENIZER_FILES, hub_snapshot, is_hub_id, read_config
 from ghost_vllm.weights import safetensors_files, safetensors_header
@@ -108,7 +108,7 @@ def validate_model_dir(model_dir: Path) -> dict[str, Any]:
 def _check_mixer_shapes(model_dir: Path, family, cfg: dict[str, Any], sizes: Sequence[int],
                         shapes: dict[str, Any]) -> None:
     layout = family.layout(cfg)
-    ranks = config_state_ranks(cfg, f"{model_dir}/config.json")
+    ranks = family.state_ranks(cfg, f"{model_dir}/config.json")
     for j, (i, n) in enumerate(zip(family.mamba_layers(cfg), sizes)):
         prefix = mixer_prefix(family, cfg, i, shapes, model_dir)
         expected = _expected_mixer_shapes(layout, n)

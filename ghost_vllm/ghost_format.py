@@ -76,14 +76,18 @@ def config_state_sizes(cfg: Mapping[str, Any] | Any, where: str = "config.json")
     return [int(n) for n in sizes]
 
 
-def config_state_ranks(cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[list[int]]:
+def config_state_ranks(cfg: Mapping[str, Any] | Any, where: str = "config.json", layers: Optional[int] = None,
+                       state_size: Optional[int] = None) -> Optional[list[int]]:
     """r_l of every Mamba layer of a projected checkpoint (``ghost_state_ranks``), or None for a checkpoint whose
-    SSM state is as wide as its B/C channels. Raises :class:`ModelError` on a malformed key."""
+    SSM state is as wide as its B/C channels. ``layers`` / ``state_size``: the model's Mamba-layer count and d_state
+    (:meth:`ghost_vllm.families.base.Family.state_ranks` passes its own; default: a pure Mamba2 config's
+    ``num_hidden_layers`` / ``state_size``). Raises :class:`ModelError` on a malformed key."""
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
     ranks: Optional[Sequence[Any]] = get(STATE_RANKS_KEY)
     if ranks is None:
         return None
-    L, N = int(get("num_hidden_layers")), int(get("state_size"))  # projected states: pure Mamba2 only
+    L = int(layers if layers is not None else get("num_hidden_layers"))
+    N = int(state_size if state_size is not None else get("state_size"))
     if not isinstance(ranks, (list, tuple)) or len(ranks) != L or not all(
         isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= N for r in ranks
     ):

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ghost_vllm.checkpoint import weight_shapes
-from ghost_vllm.ghost_format import config_state_dtype, config_state_ranks, is_ghost_checkpoint, read_ghost_json
+from ghost_vllm.ghost_format import config_state_dtype, is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
 
@@ -51,7 +51,8 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
     ghost = read_ghost_json(model_dir) if is_ghost_checkpoint(model_dir) else None
     n_orig = int(ghost["state_size_original"]) if ghost else family.state_size(cfg)
     served_ssm = config_state_dtype(cfg, f"{model_dir}/config.json") or ssm_dtype  # the plugin's int8 state
-    ranks = config_state_ranks(cfg, f"{model_dir}/config.json")
+    ranks = family.state_ranks(cfg, f"{model_dir}/config.json")
+    served = ranks is None or family.projected_state_served
     pruned = state_size_of(cfg, dtype=dtype, ssm_dtype=served_ssm, state_sizes=per_layer, state_ranks=ranks)
     original = state_size_of(cfg, state_size=n_orig, dtype=dtype, ssm_dtype=ssm_dtype)
     return {
@@ -77,8 +78,11 @@ def inspect_checkpoint(model_dir: Path, dtype: str | None = None) -> dict[str, A
         "ssm_bytes_per_sequence": pruned.ssm_bytes,
         "conv_bytes_per_sequence": pruned.conv_bytes,
         "state_reduction_ratio": original.bytes_per_sequence / pruned.bytes_per_sequence,
+        # vLLM's view with attention: only for what the plugin serves (a projected hybrid is evaluated, not served)
         **({"hybrid": _hybrid_context_table(cfg, {**cfg, family.state_key: n_orig}, dtype)}
-           if family.attention_layers(cfg) else {}),
+           if family.attention_layers(cfg) and served else {}),
+        **({} if served else {"not_served": f"a projected state on {family.hf_architectures[0]} is not served by the "
+                                            f"vLLM plugin yet ('ghost-vllm compare' evaluates it)"}),
     }
 
 
@@ -124,7 +128,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         + (f"  ({info['method']}, κ={info['sparsity']})" if info["method"] else ""),
         f"N per layer      {' '.join(map(str, info['state_size_per_layer']))}"
         + (f"  ({info['allocation']} allocation)" if info.get("allocation") else ""),
-        *([f"state rank r    {' '.join(map(str, info['state_ranks']))}  (balanced truncation: the SSM state is r wide, "
+        *([f"state rank r     {' '.join(map(str, info['state_ranks']))}  (balanced truncation: the SSM state is r wide, "
            f"the conv state keeps N)"] if info.get("state_ranks") else []),
         f"bytes per layer  {' '.join(f'{b:,}' for b in info['bytes_per_layer'])}",
         f"state/sequence   {info['bytes_per_sequence']:,} B ({info['bytes_per_sequence'] * mib:.3f} MiB)"
@@ -134,7 +138,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"  of which       SSM {info['ssm_bytes_per_sequence']:,} B, conv {info['conv_bytes_per_sequence']:,} B",
         f"reduction        {info['state_reduction_ratio']:.3f}× "
         + ("smaller Mamba state (a sequence also holds attention KV: below)" if info.get("hybrid") else
-           "more sequences in the same state memory"),
+           "smaller Mamba state" if info.get("not_served") else "more sequences in the same state memory"),
+        *([f"serving          {info['not_served']}"] if info.get("not_served") else []),
     ]
     if info.get("hybrid"):
         lines.append("with attention   (vLLM, GPU rules, prefix caching off: the attention block grows to the Mamba page)")

@@ -109,7 +109,7 @@ def _stream(acc, block, layout: InProjLayout, inputs: list[torch.Tensor], progre
     for i, x in enumerate(inputs):
         h = mixer_input(block, mixer, x, calls[i] if calls else BlockCall())
         s = mixer_ssm_inputs(mixer, layout, h * family.input_scale(mixer), family.in_proj_scale(mixer))
-        ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update)
+        ssm_scan(s.x, s.dt, s.A, s.B, s.C, s.D, on_step=acc.update, readout=False)
         if progress is not None:
             progress.update(1)
     return acc.finalize()
@@ -172,11 +172,14 @@ def prune_layers(
     batch_size: int = 8,
     progress: bool = True,
     refit: Optional[RefitSpec] = None,
+    first_gramians: Optional[Gramians] = None,
 ) -> PruneReport:
     """Prune Mamba layer l of ``model`` in place to ``state_sizes[l]`` state channels, chosen by ``method`` — or, for
     a projection (``balanced``), keep every channel and project the layer's state to ``state_sizes[l]`` dimensions.
     ``refit``: re-solve each pruned layer's ``out_proj`` on the calibration activations (:mod:`ghost_vllm.refit`).
-    The config is not touched (:func:`ghost_vllm.ghost_format.set_state_sizes`)."""
+    ``first_gramians``: the first Mamba layer's Gramians from a pass over the same windows (:func:`dense_gramians`;
+    its inputs are the dense model's, so the projection reuses them). The config is not touched
+    (:func:`ghost_vllm.ghost_format.set_state_sizes`)."""
     projection = method in PROJECTIONS
     scorer = None if projection else SCORERS[method]
     family = family_for_config(model.config)
@@ -213,7 +216,8 @@ def prune_layers(
             bar.set_postfix(layer=f"{idx + 1}/{len(blocks)}")
             dense_block = copy.deepcopy(block) if refit is not None else None
             if projection:
-                report.layers.append(_project_layer(idx, block, mixer, layout, acts, bar, family, kw, n_keep))
+                known = first_gramians if idx == mamba[0] else None
+                report.layers.append(_project_layer(idx, block, mixer, layout, acts, bar, family, kw, n_keep, known))
             else:
                 report.layers.append(_select_layer(idx, block, mixer, layout, acts, bar, family, kw, n_keep, scorer,
                                                    method, None if mask_grads is None else mask_grads[mamba.index(idx)],
@@ -250,9 +254,14 @@ def _select_layer(idx, block, mixer, layout, acts, bar, family, kw, n_keep, scor
     return LayerReport(idx, n_keep, keep.tolist(), _summary(scores, keep), rounded)
 
 
-def _project_layer(idx, block, mixer, layout, acts, bar, family, kw, rank) -> LayerReport:
-    """Balanced truncation of the layer's state to ``rank`` (every B/C channel kept, the state projected)."""
-    proj = balanced_projection(layer_gramians(block, layout, acts, bar, family, kw), rank)
+def _project_layer(idx, block, mixer, layout, acts, bar, family, kw, rank, known: Optional[Gramians]) -> LayerReport:
+    """Balanced truncation of the layer's state to ``rank`` (every B/C channel kept, the state projected); ``known``:
+    the layer's Gramians when they were already streamed on these inputs."""
+    if known is None:
+        known = layer_gramians(block, layout, acts, bar, family, kw)
+    else:
+        bar.update(len(acts))
+    proj = balanced_projection(known, rank)
     attach_projection(mixer, proj.T, proj.S)
     hsv = proj.hsv
     summary = {"min": float(hsv.min()), "max": float(hsv.max()), "mean": float(hsv.mean()),

@@ -29,7 +29,7 @@ import torch
 
 from ghost_vllm.allocation import Allocation, adaptive_state_sizes
 from ghost_vllm.errors import ModelError, RecipeError
-from ghost_vllm.families import Family, family_for_config
+from ghost_vllm.families import FAMILIES, Family, family_for_config
 from ghost_vllm.state import state_size_of
 from ghost_vllm import __version__
 from ghost_vllm.families.base import cfg_get
@@ -64,8 +64,9 @@ def check_selection(cfg: Mapping[str, Any] | Any, selection: SelectionSpec, wher
     sel = selection
     label = f"{family.hf_architectures[0]} ({family.name})"
     if sel.method in PROJECTIONS and not family.projected_state:
-        raise RecipeError(f"selection.method: {sel.method} (a projection of the state) is implemented for pure Mamba2 "
-                          f"only, not {label}; use ghost, magnitude or random")
+        which = ", ".join(f.hf_architectures[0] for f in FAMILIES.values() if f.projected_state)
+        raise RecipeError(f"selection.method: {sel.method} (a projection of the state) is implemented for {which}, "
+                          f"not {label}; use ghost, magnitude or random")
     if sel.allocation == "hankel" and sel.method not in PROJECTIONS:
         raise RecipeError(f"selection.allocation: hankel ranks a projection's state by its Hankel singular values; "
                           f"use it with method: balanced, or allocation: adaptive for {sel.method}")
@@ -154,7 +155,8 @@ def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = S
     hankel, hankel_s = None, 0.0
     if plan.allocation == "hankel":  # the dense model's Hankel singular values decide each layer's rank
         t0 = time.perf_counter()
-        hankel = [hankel_singular_values(g) for g in dense_gramians(model, tokens, batch_size, progress)]
+        dense = dense_gramians(model, tokens, batch_size, progress)
+        hankel = [hankel_singular_values(g) for g in dense]
         hankel_s = time.perf_counter() - t0
         sizes = allocate_ranks(hankel, plan.uniform_state_size * plan.mamba_layers, sel.multiple_of,
                                plan.min_state_size)
@@ -162,7 +164,8 @@ def prune(model: torch.nn.Module, calibration: Any, selection: SelectionSpec = S
     if sizes is None:
         sizes = [plan.uniform_state_size] * plan.mamba_layers
     spec = (refit or RefitSpec()) if sel.refit else None
-    report = prune_layers(model, tokens, sel.method, sizes, sparsity, sel.seed, batch_size, progress, spec)
+    report = prune_layers(model, tokens, sel.method, sizes, sparsity, sel.seed, batch_size, progress, spec,
+                          first_gramians=dense[0] if hankel is not None else None)
     if hankel is not None:
         report.hankel_seconds = hankel_s
         report.hankel_ranks = [[float(f"{v:.6g}") for v in h.flatten().tolist()] for h in hankel]

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
-from ghost_vllm.ghost_format import config_state_ranks
 from ghost_vllm.units import DTYPE_BYTES, ssm_state_bytes
 
 
@@ -54,7 +53,7 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     L = len(family.mamba_layers(config))
     if state_sizes is None:
         if state_size is None and state_ranks is None:
-            state_ranks = config_state_ranks(config)
+            state_ranks = family.state_ranks(config)
         state_sizes = [state_size] * L if state_size is not None else family.state_sizes(config)
     if len(state_sizes) != L:
         raise AssertionError(f"{len(state_sizes)} state sizes for {L} Mamba layers")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from safetensors import safe_open
 
 from ghost_vllm.errors import ModelError
 from ghost_vllm.ghost_format import PROJ_IN, PROJ_OUT
-from ghost_vllm.mamba.projection import project_mixers
+from ghost_vllm.mamba.projection import attach_projection, project_mixers
 
 __all__ = ["TORCH_DTYPES", "safetensors_files", "safetensors_header", "read_safetensors", "check_mamba2_weights",
            "assemble_mamba2", "load_mamba2", "load_transformers_model"]
@@ -173,19 +174,58 @@ def load_mamba2(model_dir: Path, cfg: dict, dtype: str = "auto", device: str = "
                            state_ranks=ranks)
 
 
-def load_transformers_model(model_dir: Path, dtype: str = "auto", device: str = "cpu"):
+_UNSET = object()
+
+
+def attach_saved_projections(model_dir: Path, mixers: Sequence[torch.nn.Module], prefixes: Sequence[Sequence[str]],
+                             ranks: Sequence[int]) -> None:
+    """Attach the saved ``state_proj_in`` / ``state_proj_out`` of every Mamba layer of a projected checkpoint to a
+    model loaded with its family's own transformers class (which has no such tensors and skips them): ``mixers`` and
+    ``prefixes`` (the layer's possible on-disk name prefixes) in Mamba-layer order. Only those tensors are read."""
+    found: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(model_dir):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                if k.endswith((PROJ_IN, PROJ_OUT)):
+                    found[k] = fh.get_tensor(k)
+    for mixer, options, r in zip(mixers, prefixes, ranks):
+        prefix = next((p for p in options if f"{p}{PROJ_IN}" in found), None)
+        if prefix is None or f"{prefix}{PROJ_OUT}" not in found:
+            raise ModelError(f"{model_dir}: {options[0]}{PROJ_IN} / {PROJ_OUT} missing from the safetensors files "
+                             f"while config.json lists ghost_state_ranks; re-run 'ghost-vllm prune'")
+        T, S = found[f"{prefix}{PROJ_IN}"], found[f"{prefix}{PROJ_OUT}"]
+        if int(T.shape[1]) != int(r):
+            raise ModelError(f"{model_dir}: {prefix}{PROJ_IN} has rank {int(T.shape[1])}, config.json says {r}")
+        attach_projection(mixer, T.float(), S.float())
+
+
+def load_transformers_model(model_dir: Path, dtype: str = "auto", device: str = "cpu", projected: bool = False):
     """A model's own transformers class (chosen by model_type; never remote code), safetensors only, every weight
-    finite, in eval mode."""
-    from transformers import AutoModelForCausalLM
+    finite, in eval mode. ``projected``: the checkpoint also holds projection tensors, which that class does not
+    have (:func:`attach_saved_projections` reads them): transformers is told to skip them quietly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     safetensors_files(model_dir)  # refuses pickles before transformers could look at them
     torch_dtype = "auto" if dtype == "auto" else TORCH_DTYPES[dtype]
+    cls, saved = None, None
     try:
+        if projected:  # the class's own list of keys to skip, plus ours, for this one load
+            cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(str(model_dir), local_files_only=True))]
+            saved = cls.__dict__.get("_keys_to_ignore_on_load_unexpected", _UNSET)
+            cls._keys_to_ignore_on_load_unexpected = [*(cls._keys_to_ignore_on_load_unexpected or []),
+                                                      rf"\.({PROJ_IN}|{PROJ_OUT})$"]
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype, local_files_only=True,
                                                      use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise ModelError(f"{model_dir}: transformers could not load it ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0][:200]})") from None
+    finally:
+        if cls is not None:
+            if saved is _UNSET:
+                del cls._keys_to_ignore_on_load_unexpected
+            else:
+                cls._keys_to_ignore_on_load_unexpected = saved
     model = model.to(device).eval()
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():

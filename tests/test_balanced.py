@@ -21,13 +21,26 @@ def _pairs_loss(Cs: torch.Tensor, hs: torch.Tensor, M: torch.Tensor) -> float:
 
 
 def test_gramian_accumulator_by_hand():
-    acc = GramianAccumulator(n_groups=1, state_size=2, heads_per_group=1, head_dim=1)
-    acc.update(torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[[3.0, 0.0]]]))
-    acc.update(torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([[[1.0, 1.0]]]))
+    steps = [(torch.tensor([[[[1.0, 2.0]]]]), torch.tensor([[[3.0, 0.0]]])),
+             (torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([[[1.0, 1.0]]]))]
+    acc = GramianAccumulator(n_groups=1, state_size=2, heads_per_group=1, head_dim=1, state_stride=1)
+    for h, C in steps:
+        acc.update(h, C)
     g = acc.finalize()
     torch.testing.assert_close(g.P[0], torch.tensor([[1.0, 2.0], [2.0, 5.0]], dtype=torch.float64))
     torch.testing.assert_close(g.Q[0], torch.tensor([[10.0, 1.0], [1.0, 1.0]], dtype=torch.float64) / 2)
     assert g.tokens == 2
+    # stride 2: P from the second step's state only, scaled to both steps; Q still sees every step
+    acc = GramianAccumulator(n_groups=1, state_size=2, heads_per_group=1, head_dim=1, state_stride=2)
+    for h, C in steps:
+        acc.update(h, C)
+    g = acc.finalize()
+    torch.testing.assert_close(g.P[0], 2 * torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(g.Q[0], torch.tensor([[10.0, 1.0], [1.0, 1.0]], dtype=torch.float64) / 2)
+    with pytest.raises(AssertionError, match="stride"):
+        one = GramianAccumulator(n_groups=1, state_size=2, heads_per_group=1, head_dim=1, state_stride=4)
+        one.update(*steps[0])
+        one.finalize()
 
 
 @pytest.mark.parametrize("rank", [1, 3, 6])
@@ -187,8 +200,12 @@ def test_refusals_before_loading(tiny_dirs):
     assert check_selection(cfg, SelectionSpec("balanced", 0.5)).allocation == "hankel"
     assert check_selection(cfg, SelectionSpec("ghost", 0.5)).allocation == "adaptive"
     hybrid = tiny_hybrid_config("nemotron_h").to_dict()
-    with pytest.raises(RecipeError, match="pure Mamba2 only"):
-        check_selection(hybrid, SelectionSpec("balanced", 0.5, allocation="uniform"))
+    assert check_selection(hybrid, SelectionSpec("balanced", 0.5)).allocation == "uniform"  # vLLM pads hybrid pages
+    with pytest.raises(RecipeError, match="per-layer state budgets"):
+        check_selection(hybrid, SelectionSpec("balanced", 0.5, allocation="hankel"))
+    falcon = tiny_hybrid_config("falcon_h1").to_dict()  # µP multipliers around the mixer: not projected (yet)
+    with pytest.raises(RecipeError, match="not FalconH1ForCausalLM.*use ghost"):
+        check_selection(falcon, SelectionSpec("balanced", 0.5, allocation="uniform"))
     assert main(["prune", "--model", str(tiny_dirs[1]), "--method", "balanced", "--sparsity", "0.5",
                  "--multiple-of", "3", "--state-sizes", "8,7", "--no-progress"]) == 2
 
@@ -214,3 +231,68 @@ def test_state_format_simulation_runs_the_projected_state(tiny_dirs):
     torch.testing.assert_close(sequential, before, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(after, before, atol=0, rtol=0)
     assert 0 < float((int8 - before).abs().max()) < 0.05 * float(before.abs().max())
+
+
+@pytest.mark.parametrize("model_type", ["nemotron_h", "granitemoehybrid", "zamba2"])
+def test_hybrid_full_rank_projection_is_the_dense_model(model_type):
+    """Through the family's own transformers class (attention, MLP and shared blocks around the mixers) the
+    projection at r = N is the dense model; a rank below N is not."""
+    from tests.helpers.tiny_hybrids import tiny_hybrid_model
+
+    dense = tiny_hybrid_model(model_type, seed=1)
+    tokens = torch.randint(2, 300, (8, 32), generator=torch.Generator().manual_seed(0))
+    x = tokens[:2]
+    with torch.no_grad():
+        ref = dense(x, use_cache=False).logits
+    outs = {}
+    for kappa in (0.0, 0.5):
+        model = tiny_hybrid_model(model_type, seed=1)
+        ghost_vllm.prune(model, tokens, SelectionSpec("balanced", kappa, 1, allocation="uniform", refit=False),
+                         batch_size=4, progress=False)
+        with torch.no_grad():
+            outs[kappa] = float((model(x, use_cache=False).logits - ref).abs().max() / ref.abs().max())
+    assert outs[0.0] <= 1e-5, outs
+    assert outs[0.5] > 1e-4, outs
+
+
+def test_hybrid_checkpoint_round_trip_is_evaluated_not_served(tmp_path):
+    """A projected Nemotron-H checkpoint: written, reloaded through transformers' class (= the in-memory twin),
+    priced at r by inspect; plan and the plugin's validation refuse it in one line (the plugin does not serve a
+    projected hybrid state yet)."""
+    from ghost_vllm.calib import load_texts, make_windows
+    from ghost_vllm.checkpoint import load_model, load_tokenizer
+    from ghost_vllm.errors import CheckpointError
+    from ghost_vllm.inspection import inspect_checkpoint
+    from ghost_vllm.plugin.validate import validate_ghost_checkpoint
+    from ghost_vllm.reference import CALIBRATION_TEXT
+    from tests.helpers.tiny_hybrids import save_tiny_hybrid
+
+    src, out = tmp_path / "dense", tmp_path / "bal"
+    save_tiny_hybrid(src, "nemotron_h", seed=2)
+    text = CALIBRATION_TEXT.read_text(encoding="utf-8")[:40_000]
+    (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
+    args = ["--model", str(src), "--calibration", str(tmp_path / "calib.txt"), "--nsamples", "8", "--seq-len", "32",
+            "--method", "balanced", "--sparsity", "0.5", "--no-refit", "--no-progress"]
+    assert main(["prune", *args, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["ghost_state_ranks"] == [8] * len(cfg["ghost_state_ranks"]) and cfg["ssm_state_size"] == 16
+    assert cfg["architectures"] == ["GhostNemotronHForCausalLM"]
+    calib = make_windows(load_texts(str(tmp_path / "calib.txt")), load_tokenizer(src), 8, 32, 0, "calib")
+    tok = load_tokenizer(src)
+    twin = load_model(src)
+    ghost_vllm.prune(twin, calib, SelectionSpec("balanced", 0.5, allocation="uniform", refit=False), progress=False)
+    reloaded = load_model(out)
+    x = torch.randint(2, len(tok), (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x, use_cache=False).logits, twin(x, use_cache=False).logits,
+                                   atol=1e-6, rtol=0)
+    info = inspect_checkpoint(out)
+    L = len(cfg["ghost_state_ranks"])
+    # this tiny model is float32 (conv state too; NemotronH keeps a float32 SSM state): conv at N = 16, SSM at r = 8
+    lay = json.loads((src / "config.json").read_text())
+    H, P, G, K = lay["mamba_num_heads"], lay["mamba_head_dim"], lay["n_groups"], lay.get("conv_kernel", 4)
+    assert info["bytes_per_sequence"] == L * ((K - 1) * (H * P + 2 * G * 16) * 4 + H * P * 8 * 4)
+    assert info["state_ranks"] == cfg["ghost_state_ranks"] and "not served" in info["not_served"]
+    assert main(["plan", "reference", str(out), "--cache-memory", "64MiB"]) == 2
+    with pytest.raises(CheckpointError, match="not served by the plugin"):
+        validate_ghost_checkpoint(out)

@@ -46,6 +46,14 @@ def test_capacity_command_accounts_for_every_request(pair, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "capacity.json").read_text())
     assert len(result["runs"]) == 4
+    # the per-request samples live beside the summaries, one line per request, not inside capacity.json
+    assert all("samples" not in run for run in result["runs"])
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * 12 and all(s["ok"] for s in samples)
+    for run in result["runs"]:
+        mine = [s for s in samples if (s["repeat"], s["variant"], s["concurrency"]) ==
+                (run["repeat"], run["variant"], run["concurrency"])]
+        assert sum(s["output_tokens"] for s in mine) == run["summary"]["output_tokens"]
     for run in result["runs"]:
         s = run["summary"]
         assert s["sent"] == 12 and s["completed"] + s["failed"] == s["sent"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from ghost_vllm.errors import GhostError
 
@@ -12,7 +13,7 @@ __all__ = ["run_bench"]
 def run_bench(args: argparse.Namespace) -> int:
     if args.bench_command != "capacity":
         raise GhostError("bench: choose a benchmark: ghost-vllm bench capacity --dense DIR --pruned DIR")
-    from ghost_vllm.loadtest.capacity import CapacitySpec, run_capacity
+    from ghost_vllm.loadtest.capacity import CapacitySpec, run_capacity, split_samples
     from ghost_vllm.loadtest.report import markdown_table, plot, prometheus_textfile
     from ghost_vllm.sources import require_model_dir
     from ghost_vllm.commands.io import write_json_atomic, write_text_atomic
@@ -37,13 +38,16 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     result = run_capacity(spec, args.out, progress=not args.no_progress)
     table = markdown_table(result)
-    write_json_atomic(args.out / "capacity.json", result)
-    write_text_atomic(args.out / "capacity.md", table)
     plot(result, args.out)
+    summary, samples = split_samples(result)
+    write_json_atomic(args.out / "capacity.json", summary)
+    write_text_atomic(args.out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    write_text_atomic(args.out / "capacity.md", table)
     if args.prometheus_textfile:
         write_text_atomic(args.prometheus_textfile, prometheus_textfile(result))
     print(table)
     for line in result["warnings"]:
         print(f"warning: {line}")
-    print(f"wrote {args.out}/capacity.json, capacity.md, throughput.png, latency_p99.png")
+    print(f"wrote {args.out}/capacity.json (summaries), samples.jsonl (every request), capacity.md, throughput.png, "
+          f"latency_p99.png")
     return 0

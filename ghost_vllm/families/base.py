@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
+from ghost_vllm.ghost_format import config_state_ranks
 from ghost_vllm.mamba.layout import InProjLayout
 
 __all__ = ["Family", "cfg_get", "layer_kinds"]
@@ -67,7 +68,10 @@ class Family(ABC):
     per_layer_budgets: ClassVar[bool] = False  # served with per-layer N'_l (needs a model class that builds them)
     int8_state: ClassVar[bool] = False  # the plugin's int8 SSM-state cache (ghost_vllm.plugin.int8_mixer)
     supports_backward_scoring: ClassVar[bool] = False  # methods that differentiate through our reference mixer
-    projected_state: ClassVar[bool] = False  # method balanced: the state projection (ghost_vllm.mamba.projection)
+    # method balanced: the state projection (ghost_vllm.mamba.projection) — pruned, written, loaded and evaluated
+    # (transformers side); and served by the plugin's vLLM model (ghost_vllm.plugin.projected)
+    projected_state: ClassVar[bool] = False
+    projected_state_served: ClassVar[bool] = False
     supports_refit: ClassVar[bool] = True  # the readout refit (ghost_vllm.refit) through refit_residual/_scale
 
     # config level ----------------------------------------------------------------------------------------------
@@ -103,6 +107,10 @@ class Family(ABC):
         """N of every Mamba layer, in :meth:`mamba_layers` order (uniform unless the family has per-layer budgets)."""
         return [self.state_size(cfg)] * len(self.mamba_layers(cfg))
 
+    def state_ranks(self, cfg: Mapping[str, Any] | Any, where: str = "config.json") -> Optional[list[int]]:
+        """r_l of every Mamba layer of a projected checkpoint (``ghost_state_ranks``), or None."""
+        return config_state_ranks(cfg, where, len(self.mamba_layers(cfg)), self.state_size(cfg))
+
     def num_layers(self, cfg: Mapping[str, Any] | Any) -> int:
         return int(cfg_get(cfg, "num_hidden_layers"))
 
@@ -125,9 +133,13 @@ class Family(ABC):
         """The family's transformers model from a validated Hugging Face directory, in eval mode, ready to compute
         like the engine (:meth:`prepare_model`). Default: the family's own class through ``from_pretrained``
         (safetensors only, never remote code)."""
-        from ghost_vllm.weights import load_transformers_model
+        from ghost_vllm.weights import attach_saved_projections, load_transformers_model
 
-        model = load_transformers_model(model_dir, dtype, device)
+        ranks = self.state_ranks(cfg, f"{model_dir}/config.json")
+        model = load_transformers_model(model_dir, dtype, device, projected=ranks is not None)
+        if ranks is not None:  # transformers' class has no projection tensors: read and attach them
+            attach_saved_projections(model_dir, [self.mixer(b) for b in self.blocks(model) if self.mixer(b) is not None],
+                                     [self.mixer_prefixes(cfg, i) for i in self.mamba_layers(cfg)], ranks)
         self.prepare_model(model)
         return model
 

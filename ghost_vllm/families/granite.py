@@ -20,6 +20,7 @@ class GraniteHybridFamily(Family):
     vllm_model = "vllm.model_executor.models.granitemoehybrid:GraniteMoeHybridForCausalLM"
     ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostGraniteMoeHybridForCausalLM"
     state_key = "mamba_d_state"
+    projected_state = True
     kind_keys = ("layer_types", "layers_block_type")
 
     def layout(self, cfg) -> InProjLayout:

@@ -20,6 +20,7 @@ class Mamba2Family(Family):
     state_key = "state_size"
     per_layer_budgets = True
     projected_state = True
+    projected_state_served = True
     int8_state = True
     supports_backward_scoring = True
 

@@ -22,6 +22,7 @@ class NemotronHFamily(Family):
     ghost_vllm_config = "ghost_vllm.plugin.configs:GhostNemotronHConfig"  # keeps vLLM's float32 SSM state
     state_key = "ssm_state_size"
     kind_keys = ("layers_block_type", "layer_types")
+    projected_state = True
     pattern_key = "hybrid_override_pattern"
 
     def layout(self, cfg) -> InProjLayout:

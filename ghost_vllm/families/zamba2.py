@@ -20,6 +20,7 @@ class Zamba2Family(Family):
     vllm_model = "vllm.model_executor.models.zamba2:Zamba2ForCausalLM"
     ghost_vllm_model = "ghost_vllm.plugin.hybrid:GhostZamba2ForCausalLM"
     state_key = "mamba_d_state"
+    projected_state = True
 
     def layout(self, cfg) -> InProjLayout:
         hidden = int(cfg_get(cfg, "hidden_size"))

@@ -19,7 +19,8 @@ from ghost_vllm.loadtest.load import run_level
 from ghost_vllm.loadtest.server import VLLMServer
 from ghost_vllm.errors import GhostError
 
-__all__ = ["CapacitySpec", "run_capacity", "summarize", "percentile", "make_prompts", "saturation_warnings"]
+__all__ = ["CapacitySpec", "run_capacity", "summarize", "percentile", "make_prompts", "saturation_warnings",
+           "split_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,20 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
               "summary": _aggregate(runs, spec)}
     result["warnings"] = saturation_warnings(result)
     return result
+
+
+def split_samples(result: dict) -> tuple[dict, list[dict]]:
+    """(``result`` without the per-request samples, those samples one dict per request tagged with its repeat,
+    variant and concurrency): what ``capacity.json`` and ``samples.jsonl`` hold. The summaries and plots are computed
+    from the samples before the split, so the samples — megabytes per run — stay out of the committed results."""
+    rows = []
+    runs = []
+    for run in result["runs"]:
+        run = dict(run)
+        tag = {"repeat": run["repeat"], "variant": run["variant"], "concurrency": run["concurrency"]}
+        rows.extend({**tag, **s} for s in run.pop("samples", []))
+        runs.append(run)
+    return {**result, "runs": runs}, rows
 
 
 def saturation_warnings(result: dict) -> list[str]:

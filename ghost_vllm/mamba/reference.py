@@ -55,10 +55,12 @@ def ssm_scan(
     on_step: Optional[StepCallback] = None,
     initial_state: Optional[torch.Tensor] = None,  # [b, H, P, N]
     on_store: Optional[Callable[[torch.Tensor], None]] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    readout: bool = True,
+) -> tuple[Optional[torch.Tensor], torch.Tensor]:
     """Sequential selective scan. Returns ``y [b, T, H, P]`` and the final state ``h_T [b, H, P, N]``.
     ``on_store(h)`` runs after y_t has been read from h_t and may change h in place: what a decode-time state cache
-    does when it stores the state in a narrower format (the next step reads the stored value)."""
+    does when it stores the state in a narrower format (the next step reads the stored value).
+    ``readout=False``: only the states (for ``on_step``; y is None) — a statistics pass skips the C·h read."""
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     hpg = H // G
@@ -70,17 +72,17 @@ def ssm_scan(
     for t in range(T):
         decay = torch.exp(dt[:, t] * A)  # [b, H]
         B_t = B[:, t].repeat_interleave(hpg, dim=1)  # [b, H, N]
-        C_t = C[:, t].repeat_interleave(hpg, dim=1)  # [b, H, N]
         if in_place:
             h.mul_(decay[:, :, None, None]).addcmul_((dt[:, t, :, None] * x[:, t])[..., None], B_t[:, :, None, :])
         else:
             h = decay[:, :, None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * B_t[:, :, None, :]
         if on_step is not None:
             on_step(h, C[:, t])
-        ys.append(torch.einsum("bhpn,bhn->bhp", h, C_t) + D[:, None] * x[:, t])
+        if readout:
+            ys.append(torch.einsum("bhpn,bhn->bhp", h, C[:, t].repeat_interleave(hpg, dim=1)) + D[:, None] * x[:, t])
         if on_store is not None:
             on_store(h)
-    return torch.stack(ys, dim=1), h
+    return (torch.stack(ys, dim=1) if readout else None), h
 
 
 def gated_group_rmsnorm(

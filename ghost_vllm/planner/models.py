@@ -120,6 +120,10 @@ def _hybrid_model(name: str, cfg: dict[str, Any], ghost: Optional[dict[str, Any]
     if not family.attention_layers(cfg):
         return None
     sizes = tuple(family.state_sizes(cfg, f"{name}/config.json"))
+    if family.state_ranks(cfg, f"{name}/config.json") is not None and not family.projected_state_served:
+        raise ModelError(f"{name}: a projected state (method balanced) on {family.hf_architectures[0]} is not served "
+                         f"by the vLLM plugin yet, so there is no engine capacity to plan; 'ghost-vllm inspect' prices "
+                         f"its state and 'ghost-vllm compare' evaluates it")
     if ghost is not None:
         return PlanModel(name, cfg, sizes, int(ghost.get("state_size_original", sizes[0])),
                          str(ghost.get("method", "ghost")), str(ghost.get("allocation", "uniform")), origin,

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
-from ghost_vllm.ghost_format import config_state_ranks
 from ghost_vllm.mamba.layout import extra_groups, tp_shard_problem
 
 __all__ = ["ServeChoices", "flashinfer_ssu_problem", "tensor_parallel_sizes", "preflight", "preflight_vllm_config"]
@@ -121,7 +120,7 @@ def preflight(cfg: Mapping[str, Any] | Any, state_sizes: Sequence[int], choices:
         layout = family_for_config(cfg).layout(cfg)
         ratio = (heads // tp) // max((groups + extra_groups(groups, tp)) // tp, 1)
         # the kernels' d_state: a projected state's ranks (its conv stays N wide), else each layer's N'_l
-        dims = config_state_ranks(cfg, f"{where}/config.json") or state_sizes
+        dims = family_for_config(cfg).state_ranks(cfg, f"{where}/config.json") or state_sizes
         for n in sorted({int(n) for n in dims}):
             problem = flashinfer_ssu_problem(n, layout.head_dim, ratio, choices.ssm_state_bytes)
             if problem:

@@ -23,6 +23,10 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"ghost checkpoint rejected: {e}") from None
     ghost = read_ghost_json(model_dir)
     family = model_family(cfg, f"{model_dir}/config.json")
+    if family.state_ranks(cfg, f"{model_dir}/config.json") is not None and not family.projected_state_served:
+        raise CheckpointError(f"{model_dir}: a projected state (method balanced) on {family.hf_architectures[0]} is "
+                              f"not served by the plugin yet; evaluate it with 'ghost-vllm compare', or prune with "
+                              f"--method ghost to serve it")
     n_cfg = family.state_size(cfg)
     sizes = family.state_sizes(cfg, f"{model_dir}/config.json")
     n_layers, n_groups = len(family.mamba_layers(cfg)), family.layout(cfg).n_groups

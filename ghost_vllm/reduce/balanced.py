@@ -27,6 +27,11 @@ import torch
 __all__ = ["GramianAccumulator", "Gramians", "Projection", "balanced_projection", "discarded_share",
            "allocate_ranks"]
 
+# P sums the state's outer products of every STATE_STRIDE-th scan step (its cost, tokens·H·P·N² MACs, is N times the
+# scan's; Q's, tokens·G·N², is negligible), scaled to all steps. Consecutive states differ by one token's update, so
+# a stride of 4 changes the ranks and the projection little — measured in docs/pruning.md ("Calibration cost").
+STATE_STRIDE = 4
+
 # relative floor of the eigenvalues of P and Q and of the Hankel singular values (a direction no calibration token
 # excites gets this instead of a division by zero)
 EPS = 1e-12
@@ -42,30 +47,42 @@ class Gramians:
 
 
 class GramianAccumulator:
-    """Streams the Gramians of one layer from the scan's ``on_step(h [b, H, P, N], C_t [b, G, N])`` in float64, on
-    the device the states live on (the CPU sums are float64 too)."""
+    """Streams the Gramians of one layer from the scan's ``on_step(h [b, H, P, N], C_t [b, G, N])``, on the device
+    the states live on: each step's products in the states' dtype, their sum over the steps in float64."""
 
-    def __init__(self, n_groups: int, state_size: int, heads_per_group: int, head_dim: int) -> None:
+    def __init__(self, n_groups: int, state_size: int, heads_per_group: int, head_dim: int,
+                 state_stride: int = STATE_STRIDE) -> None:
         self.G, self.N, self.hpg, self.P_dim = n_groups, state_size, heads_per_group, head_dim
+        self.stride = state_stride
         self.P: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
-        self.tokens = 0
+        self.tokens = 0  # steps seen (Q's count)
+        self.states = 0  # steps whose state entered P
+        self._step = 0
 
     def update(self, h: torch.Tensor, C: torch.Tensor) -> None:
         b, H, Pd, N = h.shape
-        hg = h.double().reshape(b, self.G, self.hpg * Pd, N)  # heads of a group are contiguous
-        Cd = C.double()
         if self.P is None:
             self.P = torch.zeros(self.G, N, N, dtype=torch.float64, device=h.device)
             self.Q = torch.zeros(self.G, N, N, dtype=torch.float64, device=h.device)
-        self.P += torch.einsum("bgkn,bgkm->gnm", hg, hg)
-        self.Q += torch.einsum("bgn,bgm->gnm", Cd, Cd)
+        Cg = C.transpose(0, 1)  # [G, b, N]
+        self.Q += torch.bmm(Cg.transpose(1, 2), Cg).double()
         self.tokens += b
+        self._step += 1
+        if self._step % self.stride:  # P from every stride-th step's state (see STATE_STRIDE)
+            return
+        # one step's product in the states' dtype (a GEMM over b·heads·head_dim rows, 3× faster than float64 on a
+        # CPU), summed over the steps in float64: rows of a group are its heads' (contiguous) × head_dim × batch
+        hg = h.reshape(b, self.G, self.hpg * Pd, N).transpose(0, 1).reshape(self.G, b * self.hpg * Pd, N)
+        self.P += torch.bmm(hg.transpose(1, 2), hg).double()
+        self.states += b
 
     def finalize(self) -> Gramians:
         if self.P is None:
             raise AssertionError("no states were accumulated (the scan's on_step never ran)")
-        return Gramians(self.P.cpu(), (self.Q / self.tokens).cpu(), self.tokens)
+        if not self.states:
+            raise AssertionError(f"no state was sampled ({self.tokens} steps < the state stride {self.stride})")
+        return Gramians((self.P * (self.tokens / self.states)).cpu(), (self.Q / self.tokens).cpu(), self.tokens)
 
 
 def _sqrt_psd(M: torch.Tensor) -> torch.Tensor:
