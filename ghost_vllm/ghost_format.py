@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import CheckpointError, ModelError
+from ghost_vllm.units import plugin_state_dtypes
 
-__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_RANKS_KEY", "PROJ_IN", "PROJ_OUT", "STATE_DTYPE_KEY", "CACHED_STATE_DTYPES", "FORMAT_VERSION",
+__all__ = ["GHOST_FILE", "LAYER_STATE_SIZES_KEY", "STATE_RANKS_KEY", "PROJ_IN", "PROJ_OUT", "STATE_DTYPE_KEY", "FORMAT_VERSION",
            "is_ghost_checkpoint", "read_ghost_json", "write_ghost_json", "config_state_sizes", "config_state_ranks",
            "config_state_dtype",
            "set_state_sizes", "mark_ghost_config"]
@@ -33,9 +34,9 @@ LAYER_STATE_SIZES_KEY = "layer_state_sizes"
 STATE_RANKS_KEY = "ghost_state_ranks"
 PROJ_IN = "state_proj_in"  # T [G, r, N]: B' = T·B
 PROJ_OUT = "state_proj_out"  # S [G, N, r]: C' = Sᵀ·C
-# how the plugin caches the SSM state ("int8": int8 + per-head float32 scales); absent = vLLM's own dtypes
+# how the plugin caches the SSM state (a plugin-cached row of ghost_vllm.units.STATE_DTYPE_TABLE, e.g. "int8": int8 +
+# per-head float32 scales); absent = vLLM's own dtypes
 STATE_DTYPE_KEY = "ghost_state_dtype"
-CACHED_STATE_DTYPES = ("int8",)
 FORMAT_VERSION = 1
 
 
@@ -106,9 +107,9 @@ def config_state_dtype(cfg: Mapping[str, Any] | Any, where: str = "config.json")
     value = get(STATE_DTYPE_KEY)
     if value is None:
         return None
-    if value not in CACHED_STATE_DTYPES:
-        raise ModelError(f"{where}: {STATE_DTYPE_KEY} {value!r} is not a state dtype the plugin serves (use "
-                         f"{', '.join(CACHED_STATE_DTYPES)}, or remove the key for vLLM's float32/bfloat16/float16)")
+    if value not in plugin_state_dtypes():
+        raise ModelError(f"{where}: {STATE_DTYPE_KEY} {value!r} is not a state dtype the plugin caches (use "
+                         f"{', '.join(plugin_state_dtypes())}, or remove the key for vLLM's float32/bfloat16/float16)")
     return str(value)
 
 

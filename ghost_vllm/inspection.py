@@ -10,6 +10,7 @@ from ghost_vllm.checkpoint import weight_shapes
 from ghost_vllm.ghost_format import config_state_dtype, is_ghost_checkpoint, read_ghost_json
 from ghost_vllm.errors import CheckpointError
 from ghost_vllm.state import state_size_of
+from ghost_vllm.units import STATE_DTYPE_TABLE
 
 __all__ = ["layer_state_sizes", "inspect_checkpoint", "format_inspection", "sequence_bytes", "HYBRID_CONTEXTS"]
 
@@ -120,7 +121,8 @@ def format_inspection(info: dict[str, Any]) -> str:
     mib = 1 / 2**20
     lines = [
         f"model            {info['model']} ({info['architecture']}, {info['dtype']}; SSM state {info['ssm_dtype']}"
-        + (" + a float32 scale per head" if info["ssm_dtype"] == "int8" else "") + ")",
+        + (" + a float32 scale per head" if info["ssm_dtype"] in STATE_DTYPE_TABLE
+           and STATE_DTYPE_TABLE[info["ssm_dtype"]].scale_bytes_per_head else "") + ")",
         f"layers           {info['layers']}" + (f" ({len(info['mamba_layers'])} with a Mamba2 mixer)"
                                                     if len(info["mamba_layers"]) != info["layers"] else "")
         + f", n_groups {info['n_groups']}",

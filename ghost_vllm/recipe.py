@@ -26,6 +26,7 @@ from typing import Any, Optional
 import yaml
 
 from ghost_vllm.errors import RecipeError
+from ghost_vllm.units import plugin_state_dtypes
 
 __all__ = [
     "ModelSpec",
@@ -156,9 +157,10 @@ def _validate(r: Recipe, where: str) -> None:
     if r.selection.multiple_of < 1:
         raise bad("selection.multiple_of", r.selection.multiple_of, "use a positive integer such as 8 (or 1: no rounding)")
     _validate_budgets(r.selection, bad)
-    if r.output.state_dtype is not None and r.output.state_dtype not in ("int8",):
-        raise bad("output.state_dtype", r.output.state_dtype, "allowed: int8 (the plugin's int8 + per-head scale SSM "
-                  "state); leave it out for vLLM's float32/bfloat16/float16 (--mamba-ssm-cache-dtype at serve time)")
+    if r.output.state_dtype is not None and r.output.state_dtype not in plugin_state_dtypes():
+        raise bad("output.state_dtype", r.output.state_dtype, f"allowed: {', '.join(plugin_state_dtypes())} (the "
+                  f"plugin's SSM-state caches, e.g. int8 + a scale per head); leave it out for vLLM's "
+                  f"float32/bfloat16/float16 (--mamba-ssm-cache-dtype at serve time)")
     if r.model.dtype not in DTYPES:
         raise bad("model.dtype", r.model.dtype, f"allowed: {', '.join(DTYPES)}")
     if r.model.device not in DEVICES:

@@ -50,17 +50,17 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-STATE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
-
-
 def _state_dtype(given: str, model_dir) -> str:
     """The SSM-state format to score through (``auto``: the checkpoint's ``ghost_state_dtype``, else float32)."""
     from ghost_vllm.sources import read_config
     from ghost_vllm.families import model_family
     from ghost_vllm.ghost_format import config_state_dtype
 
-    if given not in STATE_DTYPES:
-        raise GhostError(f"--state-dtype {given!r}: use one of {', '.join(STATE_DTYPES)}")
+    from ghost_vllm.units import STATE_DTYPE_TABLE
+
+    choices = ("auto", *STATE_DTYPE_TABLE)
+    if given not in choices:
+        raise GhostError(f"--state-dtype {given!r}: use one of {', '.join(choices)}")
     cfg = read_config(model_dir)
     chosen = (config_state_dtype(cfg, f"{model_dir}/config.json") or "float32") if given == "auto" else given
     family = model_family(cfg, f"{model_dir}/config.json")

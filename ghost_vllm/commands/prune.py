@@ -91,8 +91,8 @@ def _prune(recipe: Recipe, source: ModelSource, device: str, progress: bool) -> 
     target = _check_target(recipe, model_dir)
     check_selection(cfg, recipe.selection, str(model_dir))
     if recipe.output.state_dtype is not None and not source.family.int8_state:
-        raise RecipeError(f"output.state_dtype {recipe.output.state_dtype}: the int8 SSM state is served for pure "
-                          f"Mamba2 models only, not {source.family.name}; leave it out")
+        raise RecipeError(f"output.state_dtype {recipe.output.state_dtype}: the plugin's {recipe.output.state_dtype} "
+                          f"SSM state is served for pure Mamba2 models only, not {source.family.name}; leave it out")
     c = recipe.calibration
     _check_calibration_fits(c.source, model_dir)
     tok_path = str(resolve_tokenizer_path(recipe.model.tokenizer)) if recipe.model.tokenizer else None

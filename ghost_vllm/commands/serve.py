@@ -39,15 +39,16 @@ def take_state_dtype(extra: list[str], cfg: Optional[dict]) -> tuple[list[str], 
     checkpoint's ``ghost_state_dtype``, else None = vLLM's dtypes). ``--state-dtype int8`` becomes ``--hf-overrides``."""
     import json
 
-    from ghost_vllm.ghost_format import CACHED_STATE_DTYPES, STATE_DTYPE_KEY, config_state_dtype
+    from ghost_vllm.ghost_format import STATE_DTYPE_KEY, config_state_dtype
+    from ghost_vllm.units import plugin_state_dtypes
 
     given = flag_value(extra, STATE_FLAG)
     rest = [a for i, a in enumerate(extra) if not (a == STATE_FLAG or a.startswith(STATE_FLAG + "=")
                                                    or (i > 0 and extra[i - 1] == STATE_FLAG))]
     if given is None:
         return rest, config_state_dtype(cfg) if cfg is not None else None
-    if given not in CACHED_STATE_DTYPES:
-        raise RecipeError(f"{STATE_FLAG} {given!r}: the plugin caches {', '.join(CACHED_STATE_DTYPES)}; for float32, "
+    if given not in plugin_state_dtypes():
+        raise RecipeError(f"{STATE_FLAG} {given!r}: the plugin caches {', '.join(plugin_state_dtypes())}; for float32, "
                           f"bfloat16 or float16 use vLLM's --mamba-ssm-cache-dtype")
     overrides: dict = {}
     text = flag_value(rest, "--hf-overrides")
@@ -98,6 +99,7 @@ def set_flag(extra: list[str], name: str, value: str) -> list[str]:
 def serve_choices(extra: list[str], cfg: Optional[dict] = None):
     """The parallel sizes, Mamba backend and SSM-state element size the flags (and the config's defaults) give."""
     from ghost_vllm.plugin.preflight import ServeChoices
+    from ghost_vllm.units import DTYPE_BYTES
 
     ssm = flag_value(extra, "--mamba-ssm-cache-dtype") or "auto"
     if ssm == "auto" and cfg is not None:
@@ -111,7 +113,7 @@ def serve_choices(extra: list[str], cfg: Optional[dict] = None):
     return ServeChoices(tensor_parallel_size=int_flag(extra, 1, "--tensor-parallel-size", "-tp"),
                         pipeline_parallel_size=int_flag(extra, 1, "--pipeline-parallel-size", "-pp"),
                         mamba_backend=flag_value(extra, "--mamba-backend") or "triton",
-                        ssm_state_bytes=4 if ssm == "float32" else 2,
+                        ssm_state_bytes=DTYPE_BYTES.get(ssm, 2),  # vLLM's state element (an unknown name: 16-bit)
                         state_dtype=take_state_dtype(extra, cfg)[1],
                         mamba_ssm_cache_dtype=flag_value(extra, "--mamba-ssm-cache-dtype") or "auto",
                         prefix_caching=prefix)
@@ -163,7 +165,7 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
     from ghost_vllm.planner.cpu_cache import default_cpu_cache_bytes
     from ghost_vllm.planner.models import resolve_plan_model
     from ghost_vllm.planner.plan import VLLM_PAD_VOCAB, DEFAULT_OVERHEAD
-    from ghost_vllm.units import DTYPE_BYTES, format_size, parse_size, serving_dtypes
+    from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPE_TABLE, format_size, parse_size, serving_dtypes
 
     env = os.environ if env is None else env
     extra = list(extra)
@@ -191,9 +193,10 @@ def plan_serve(model_dir: Path, extra: list[str], on_cpu: bool, available_memory
         return ServePlan(extra, [ln.replace("{holds}", "") for ln in lines])
     dtype, ssm = serving_dtypes(model.config_dtype, flag_value(extra, "--dtype") or "auto",
                                 flag_value(extra, "--mamba-ssm-cache-dtype") or "auto")
-    if state_dtype == "int8":
-        ssm = "int8"
-        lines.append("SSM state cached as int8 + a float32 scale per head (ghost_state_dtype int8)")
+    if state_dtype is not None:  # a plugin-cached state (ghost_vllm.units.STATE_DTYPE_TABLE)
+        ssm = state_dtype
+        scales = " + a float32 scale per head" if STATE_DTYPE_TABLE[ssm].scale_bytes_per_head else ""
+        lines.append(f"SSM state cached as {ssm}{scales} (ghost_state_dtype {ssm})")
     tp = int_flag(extra, 1, "--tensor-parallel-size", "-tp")
     bm = block_math(InProjLayout.from_config(model.config), model.state_sizes, dtype, ssm, tp,
                     state_ranks=model.state_ranks)

@@ -16,8 +16,9 @@ from typing import Iterator
 import torch
 
 from ghost_vllm.mamba import int8_state
+from ghost_vllm.units import STATE_DTYPE_TABLE, StateDtype
 
-__all__ = ["StateFormat", "FORMATS", "INT8_VARIANTS", "stored_state_mixers", "serving_state"]
+__all__ = ["StateFormat", "FORMATS", "INT8_VARIANTS", "state_format", "stored_state_mixers", "serving_state"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class StateFormat:
     scale_bytes_per_head: int  # per sequence, per layer (per head_dim row where ``granularity`` is "row")
     granularity: str = "head"
     stochastic: bool = False
+    torch_name: str = ""  # the element dtype (default: the name)
+    max_value: float = 0.0  # a scaled format: the largest value a per-head amax maps to
 
     def ssm_bytes(self, heads: int, head_dim: int, state_size: int) -> int:
         """SSM state bytes of one layer and one sequence in this format."""
@@ -35,20 +38,34 @@ class StateFormat:
 
     def round_(self, h: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Round ``h [b, H, P, N]`` (float32) to this format in place."""
-        if self.name == "float32":
+        elem = self.torch_name or self.name
+        if elem == "float32":
             return
-        if self.name in ("bfloat16", "float16"):
-            h.copy_(h.to(getattr(torch, self.name)).float())
+        if not self.scale_bytes_per_head:  # a plain cast (vLLM's 16-bit states)
+            h.copy_(h.to(getattr(torch, elem)).float())
             return
-        if self.name == "fp8_e4m3":
-            scale = h.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-30) / 448.0  # [b, H, 1, 1]
-            h.copy_((h / scale).to(torch.float8_e4m3fn).float() * scale)
+        if elem == "int8":  # the served int8 format, one definition (ghost_vllm.mamba.int8_state)
+            int8_state.round_trip_(h, self.granularity, generator if self.stochastic else None)
             return
-        int8_state.round_trip_(h, self.granularity, generator if self.stochastic else None)
+        scale = h.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-30) / self.max_value  # [b, H, 1, 1]
+        h.copy_((h / scale).to(getattr(torch, elem)).float() * scale)
 
 
-FORMATS = {f.name: f for f in (StateFormat("float32", 4, 0), StateFormat("bfloat16", 2, 0),
-                               StateFormat("float16", 2, 0), StateFormat("fp8_e4m3", 1, 4), StateFormat("int8", 1, 4))}
+def _from_row(row: StateDtype) -> StateFormat:
+    return StateFormat(row.name, row.element_bytes, row.scale_bytes_per_head, torch_name=row.torch_name,
+                       max_value=row.max_value)
+
+
+# every state dtype of the table, plus the frontier's fp8 (an upstream proposal's format, not a served one)
+FORMATS = {**{n: _from_row(r) for n, r in STATE_DTYPE_TABLE.items()},
+           "fp8_e4m3": StateFormat("fp8_e4m3", 1, 4, torch_name="float8_e4m3fn", max_value=448.0)}
+
+
+def state_format(name: str) -> StateFormat:
+    """The simulation of a state dtype: the table's row (read when asked, so an added row is simulated too), else a
+    frontier-only format of :data:`FORMATS`."""
+    row = STATE_DTYPE_TABLE.get(name)
+    return _from_row(row) if row is not None else FORMATS[name]
 # measured alternatives of the served int8 format (not in the frontier grid)
 INT8_VARIANTS = {f.name: f for f in (StateFormat("int8_row", 1, 4, "row"), StateFormat("int8_sr", 1, 4, "head", True))}
 
@@ -75,4 +92,4 @@ def serving_state(model, state_dtype: str | None) -> contextlib.AbstractContextM
     float32 / None (the model's own forward)."""
     if state_dtype in (None, "float32"):
         return contextlib.nullcontext()
-    return stored_state_mixers(model, FORMATS[state_dtype])
+    return stored_state_mixers(model, state_format(state_dtype))

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import InProjLayout, extra_groups
-from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPES, ssm_state_bytes
+from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPE_TABLE, ssm_state_bytes
 
 __all__ = ["BlockMath", "block_math", "num_blocks"]
 
@@ -57,8 +57,8 @@ def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str
                           f"{layout.num_heads}")
     if conv_dtype not in DTYPE_BYTES:
         raise RecipeError(f"state dtype {conv_dtype!r}: use one of {', '.join(DTYPE_BYTES)}")
-    if ssm_dtype not in STATE_DTYPES:
-        raise RecipeError(f"SSM state dtype {ssm_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
+    if ssm_dtype not in STATE_DTYPE_TABLE:
+        raise RecipeError(f"SSM state dtype {ssm_dtype!r}: use one of {', '.join(STATE_DTYPE_TABLE)}")
     conv, ssm = [], []
     ranks = list(state_ranks) if state_ranks is not None else [None] * len(state_sizes)
     for n, r in zip(state_sizes, ranks):

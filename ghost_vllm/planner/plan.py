@@ -27,7 +27,7 @@ from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.planner.arith import block_math
 from ghost_vllm.planner.models import PlanModel, weight_parameters
 from ghost_vllm.planner.quality import measured_quality
-from ghost_vllm.units import DTYPE_BYTES, format_size, serving_dtypes
+from ghost_vllm.units import DTYPE_BYTES, format_size, plugin_state_dtypes, serving_dtypes, state_dtype
 
 __all__ = ["PlanSettings", "PlanRow", "plan_variants", "plan_target", "format_plan", "check_holds_a_sequence", "DEFAULT_OVERHEAD",
            "VLLM_PAD_VOCAB"]
@@ -64,12 +64,13 @@ class PlanSettings:
             raise RecipeError(f"--dtype {self.dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
         if self.mamba_ssm_cache_dtype not in ("auto", *DTYPE_BYTES):
             raise RecipeError(f"--mamba-ssm-cache-dtype {self.mamba_ssm_cache_dtype!r}: use auto, {', '.join(DTYPE_BYTES)}")
-        if self.state_dtype not in ("auto", "int8"):
-            raise RecipeError(f"--state-dtype {self.state_dtype!r}: use auto (the checkpoint's) or int8 (the plugin's "
-                              f"int8 state; float32/bfloat16/float16 are --mamba-ssm-cache-dtype)")
-        if self.state_dtype == "int8" and self.mamba_ssm_cache_dtype != "auto":
-            raise RecipeError(f"--state-dtype int8 with --mamba-ssm-cache-dtype {self.mamba_ssm_cache_dtype}: give "
-                              f"one of them")
+        if self.state_dtype not in ("auto", *plugin_state_dtypes()):
+            raise RecipeError(f"--state-dtype {self.state_dtype!r}: use auto (the checkpoint's) or "
+                              f"{', '.join(plugin_state_dtypes())} (the plugin's SSM-state caches; "
+                              f"float32/bfloat16/float16 are --mamba-ssm-cache-dtype)")
+        if self.state_dtype != "auto" and self.mamba_ssm_cache_dtype != "auto":
+            raise RecipeError(f"--state-dtype {self.state_dtype} with --mamba-ssm-cache-dtype "
+                              f"{self.mamba_ssm_cache_dtype}: give one of them")
         if self.tensor_parallel_size < 1:
             raise RecipeError(f"--tensor-parallel-size {self.tensor_parallel_size}: must be >= 1")
         if self.overhead < 0:
@@ -87,9 +88,10 @@ class PlanSettings:
         return serving_dtypes(model.config_dtype, self.dtype)[0]
 
     def ssm_dtype(self, model: PlanModel) -> str:
-        if self.state_dtype == "int8" or (self.state_dtype == "auto" and self.mamba_ssm_cache_dtype == "auto"
-                                          and model.state_dtype == "int8"):
-            return "int8"
+        if self.state_dtype != "auto":
+            return self.state_dtype
+        if self.mamba_ssm_cache_dtype == "auto" and model.state_dtype is not None:
+            return model.state_dtype  # the checkpoint's plugin-cached state (ghost_state_dtype)
         return serving_dtypes(model.config_dtype, self.dtype, self.mamba_ssm_cache_dtype)[1]
 
 
@@ -168,9 +170,9 @@ def _hybrid_row(model: PlanModel, variant: str, sizes: Sequence[int], method: st
 
 def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: PlanSettings) -> PlanRow:
     if model.hybrid:
-        if s.state_dtype == "int8" or model.state_dtype == "int8":
-            raise RecipeError(f"{model.name}: the int8 SSM state is served for pure Mamba2 models only; plan this "
-                              f"hybrid with --mamba-ssm-cache-dtype")
+        if s.state_dtype != "auto" or model.state_dtype is not None:
+            raise RecipeError(f"{model.name}: the plugin's SSM-state caches ({', '.join(plugin_state_dtypes())}) "
+                              f"are served for pure Mamba2 models only; plan this hybrid with --mamba-ssm-cache-dtype")
         return _hybrid_row(model, variant, sizes, method, s)
     ranks = model.state_ranks if tuple(sizes) == tuple(model.state_sizes) else None  # what-ifs are channel cuts
     bm = block_math(InProjLayout.from_config(model.config), sizes, s.model_dtype(model), s.ssm_dtype(model),
@@ -178,8 +180,8 @@ def _row(model: PlanModel, variant: str, sizes: Sequence[int], method: str, s: P
     memory, weights = _cache_memory(model, sizes, s)
     blocks = max(memory, 0) // bm.bytes_per_block
     L, N = len(sizes), model.original_state_size
-    # the measured figures are for a float32/16-bit state; an int8 state's cost is `ghost-vllm eval --state-dtype int8`
-    q = None if s.ssm_dtype(model) == "int8" else measured_quality(model.origin, method, sizes, s.results,
+    # the measured figures are for vLLM's own state dtypes; a plugin-cached state's cost is `ghost-vllm eval --state-dtype`
+    q = None if state_dtype(s.ssm_dtype(model)).plugin_cached else measured_quality(model.origin, method, sizes, s.results,
                                                                    model.calibration if model.pruned else None)
     return PlanRow(
         model=model.name, variant=variant, sparsity=round(1 - sum(ranks or sizes) / (L * N), 6),
@@ -297,7 +299,8 @@ def format_plan(model: PlanModel, rows: list[PlanRow], settings: PlanSettings, u
         lines.append(f"  state dtypes: conv and KV {r0.dtype}, SSM {r0.ssm_dtype}; {r0.notes[0]}; state B/seq below = "
                      f"the blocks that sequence holds × block B (padding and attention KV included)")
     elif r0:
-        scales = " + a float32 scale per head (the plugin's int8 state)" if r0.ssm_dtype == "int8" else ""
+        scales = (f" + a float32 scale per head (the plugin's {r0.ssm_dtype} state)"
+                  if state_dtype(r0.ssm_dtype).scale_bytes_per_head else "")
         lines.append(f"  state dtypes: conv {r0.dtype}, SSM {r0.ssm_dtype}{scales}; tensor parallel "
                      f"{settings.tensor_parallel_size}; "
                      f"one Mamba block = one sequence's state in every layer = "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
+from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPE_TABLE
 from ghost_vllm.mamba.layout import extra_groups, tp_shard_problem
 
 __all__ = ["ServeChoices", "flashinfer_ssu_problem", "tensor_parallel_sizes", "preflight", "preflight_vllm_config"]
@@ -102,19 +103,23 @@ def preflight(cfg: Mapping[str, Any] | Any, state_sizes: Sequence[int], choices:
     if pp < 1 or (layers and pp > layers):
         raise RecipeError(f"--pipeline-parallel-size {pp}: must be between 1 and the model's {layers} decoder layers "
                           f"({where})")
-    if choices.state_dtype == "int8":
-        family = family_for_config(cfg)
+    if choices.state_dtype is not None:  # a plugin-cached SSM state (a row of ghost_vllm.units.STATE_DTYPE_TABLE)
+        family, name = family_for_config(cfg), choices.state_dtype
+        if STATE_DTYPE_TABLE[name].mixer is None:
+            raise RecipeError(f"{name} SSM state: priced by the planner but the plugin has no mixer that caches it "
+                              f"yet ({where}); serve with --state-dtype {' or '.join(d for d in STATE_DTYPE_TABLE if STATE_DTYPE_TABLE[d].mixer)} "
+                              f"or vLLM's --mamba-ssm-cache-dtype")
         if not family.int8_state:
-            raise RecipeError(f"int8 SSM state: served for pure Mamba2 models only, not {family.name} ({where}); "
+            raise RecipeError(f"{name} SSM state: served for pure Mamba2 models only, not {family.name} ({where}); "
                               f"serve it with --mamba-ssm-cache-dtype float32|bfloat16|float16")
         if choices.mamba_backend.lower() == "flashinfer":
-            raise RecipeError(f"--mamba-backend flashinfer: the int8 SSM state has its own state update ({where}); "
+            raise RecipeError(f"--mamba-backend flashinfer: the {name} SSM state has its own state update ({where}); "
                               f"drop the flag")
         if choices.mamba_ssm_cache_dtype not in ("auto", "", "None"):
-            raise RecipeError(f"--mamba-ssm-cache-dtype {choices.mamba_ssm_cache_dtype}: the SSM state is int8 "
-                              f"({where}); drop the flag, or serve without the int8 state")
+            raise RecipeError(f"--mamba-ssm-cache-dtype {choices.mamba_ssm_cache_dtype}: the SSM state is {name} "
+                              f"({where}); drop the flag, or serve without the {name} state")
         if choices.prefix_caching:
-            raise RecipeError(f"--enable-prefix-caching: not supported with the int8 SSM state ({where}); pass "
+            raise RecipeError(f"--enable-prefix-caching: not supported with the {name} SSM state ({where}); pass "
                               f"--no-enable-prefix-caching")
     if choices.mamba_backend.lower() == "flashinfer":
         layout = family_for_config(cfg).layout(cfg)
@@ -144,6 +149,6 @@ def preflight_vllm_config(vllm_config) -> None:
     choices = ServeChoices(tensor_parallel_size=int(getattr(parallel, "tensor_parallel_size", 1) or 1),
                            pipeline_parallel_size=int(getattr(parallel, "pipeline_parallel_size", 1) or 1),
                            mamba_backend=str(getattr(backend, "value", backend or "triton")),
-                           ssm_state_bytes=4 if "float32" in ssm else 2,
+                           ssm_state_bytes=DTYPE_BYTES.get(ssm.replace("torch.", ""), 2),
                            state_dtype=config_state_dtype(hf), mamba_ssm_cache_dtype=given)
     preflight(hf, family_for_config(hf).state_sizes(hf), choices, where=str(vllm_config.model_config.model))

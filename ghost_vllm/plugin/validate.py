@@ -11,6 +11,7 @@ from ghost_vllm.ghost_format import config_state_dtype, read_ghost_json
 from ghost_vllm.families import model_family
 from ghost_vllm.errors import CheckpointError, ModelError
 from ghost_vllm.inspection import inspect_checkpoint, layer_state_sizes
+from ghost_vllm.units import STATE_DTYPE_TABLE
 
 __all__ = ["validate_ghost_checkpoint"]
 
@@ -27,6 +28,10 @@ def validate_ghost_checkpoint(model_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{model_dir}: a projected state (method balanced) on {family.hf_architectures[0]} is "
                               f"not served by the plugin yet; evaluate it with 'ghost-vllm compare', or prune with "
                               f"--method ghost to serve it")
+    cached = config_state_dtype(cfg, f"{model_dir}/config.json")
+    if cached is not None and STATE_DTYPE_TABLE[cached].mixer is None:
+        raise CheckpointError(f"{model_dir}: ghost_state_dtype {cached} has no plugin mixer yet (it is priced, not "
+                              f"served); serve with --state-dtype int8 or vLLM's --mamba-ssm-cache-dtype")
     n_cfg = family.state_size(cfg)
     sizes = family.state_sizes(cfg, f"{model_dir}/config.json")
     n_layers, n_groups = len(family.mamba_layers(cfg)), family.layout(cfg).n_groups
