@@ -8,10 +8,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from ghost_vllm.mamba.layout import InProjLayout
 from ghost_vllm.units import DTYPE_BYTES, ssm_state_bytes
 
 
-__all__ = ["StateSize", "state_size_of"]
+__all__ = ["StateSize", "state_size_of", "layer_state_bytes"]
+
+
+def layer_state_bytes(layout: InProjLayout, conv_dtype: str, ssm_dtype: str, tensor_parallel_size: int = 1,
+                      rank: Optional[int] = None) -> tuple[int, int]:
+    """(conv bytes, SSM bytes) one sequence holds in ONE Mamba layer of ``layout`` (its d_state = the layer's N_l) on
+    one of ``tensor_parallel_size`` ranks: the elements of :meth:`InProjLayout.state_elements` (a projected state:
+    SSM at ``rank``, conv at N_l) priced by the state-dtype table (:data:`ghost_vllm.units.STATE_DTYPE_TABLE`, scales
+    included). The one definition every bytes-per-sequence figure is a sum of: :func:`state_size_of` (inspect,
+    compare, slots, ghost.json, /metrics), the planner's :func:`ghost_vllm.planner.arith.block_math` and its hybrid
+    pages (:func:`ghost_vllm.planner.hybrid.hybrid_layout`)."""
+    conv, ssm = layout.with_rank(rank).state_elements(tensor_parallel_size)
+    return conv * DTYPE_BYTES[conv_dtype], ssm_state_bytes(ssm, layout.num_heads // tensor_parallel_size, ssm_dtype)
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,12 @@ def state_size_of(config: dict[str, Any], state_size: Optional[int] = None, dtyp
     ranks = list(state_ranks) if state_ranks is not None else [None] * L
     if len(ranks) != L:
         raise AssertionError(f"{len(ranks)} state ranks for {L} Mamba layers")
+    conv_b = ssm_b = 0
     for n, r in zip(state_sizes, ranks):
-        cl, sl = layout.with_state_size(int(n)).with_rank(r).state_elements(tensor_parallel_size)
-        conv, ssm = conv + cl, ssm + sl
-        per_layer.append(cl * DTYPE_BYTES[dtype] + ssm_state_bytes(sl, heads, ssm_dtype))
-    return StateSize(L, layout.state_size, conv, ssm, conv * DTYPE_BYTES[dtype],
-                     ssm_state_bytes(ssm, heads * L, ssm_dtype), tuple(per_layer),
+        lay = layout.with_state_size(int(n))
+        cl, sl = lay.with_rank(r).state_elements(tensor_parallel_size)
+        cb, sb = layer_state_bytes(lay, dtype, ssm_dtype, tensor_parallel_size, r)
+        conv, ssm, conv_b, ssm_b = conv + cl, ssm + sl, conv_b + cb, ssm_b + sb
+        per_layer.append(cb + sb)
+    return StateSize(L, layout.state_size, conv, ssm, conv_b, ssm_b, tuple(per_layer),
                      None if state_ranks is None else tuple(int(r) for r in state_ranks))

@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 from ghost_vllm.errors import RecipeError
 from ghost_vllm.mamba.layout import InProjLayout, extra_groups
-from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPE_TABLE, ssm_state_bytes
+from ghost_vllm.state import layer_state_bytes
+from ghost_vllm.units import DTYPE_BYTES, STATE_DTYPE_TABLE
 
 __all__ = ["BlockMath", "block_math", "num_blocks"]
 
@@ -65,9 +66,9 @@ def block_math(layout: InProjLayout, state_sizes: Sequence[int], conv_dtype: str
         conv_dim = layout.intermediate_size + 2 * (layout.n_groups + extra_groups(layout.n_groups, tp)) * int(n)
         if conv_dim % tp:
             raise RecipeError(f"--tensor-parallel-size {tp}: does not divide the conv channels {conv_dim}")
-        c, s = layout.with_state_size(int(n)).with_rank(r).state_elements(tp)
-        conv.append(c * DTYPE_BYTES[conv_dtype])
-        ssm.append(ssm_state_bytes(s, layout.num_heads // tp, ssm_dtype))
+        c, s = layer_state_bytes(layout.with_state_size(int(n)), conv_dtype, ssm_dtype, tp, r)
+        conv.append(c)
+        ssm.append(s)
     return BlockMath(tuple(conv), tuple(ssm), padded)
 
 

@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 from ghost_vllm.errors import ModelError, RecipeError
 from ghost_vllm.families import family_for_config
+from ghost_vllm.state import layer_state_bytes
 from ghost_vllm.units import DTYPE_BYTES
 
 __all__ = ["PlatformRules", "PLATFORMS", "HybridLayout", "HybridBytes", "ssm_cache_dtype",
@@ -214,8 +215,8 @@ def hybrid_layout(cfg: Mapping[str, Any] | Any, dtype: str = "bfloat16", ssm_dty
             raise RecipeError(f"state_size {state_size}: must be between 1 and the config's {layout.state_size}")
         layout = layout.with_state_size(int(state_size))
     ssm = ssm_cache_dtype(cfg, dtype, "auto" if ssm_dtype is None else ssm_dtype, platform)
-    conv_elements, ssm_elements = layout.state_elements()
-    conv_bytes, ssm_bytes = conv_elements * _dtype(dtype, "dtype"), ssm_elements * DTYPE_BYTES[ssm]
+    _dtype(dtype, "dtype")
+    conv_bytes, ssm_bytes = layer_state_bytes(layout, dtype, ssm)
     kv_heads, head_size = family.attention_kv(cfg)
     token_bytes = 2 * kv_heads * head_size * DTYPE_BYTES[dtype]
     block = _aligned_block_size(rules, block_size, conv_bytes + ssm_bytes, token_bytes)
