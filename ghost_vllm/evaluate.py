@@ -58,7 +58,7 @@ def perplexity_of_text(
     full = [w for w in windows if len(w) == seq_len]
     tail = [w for w in windows if len(w) != seq_len]
     groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in tail]
-    for group in tqdm(groups, desc=f"ppl {Path(source).name}", unit="batch", disable=not progress, leave=False):
+    for group in tqdm(groups, desc=f"ppl {Path(source).name}", unit="batch", disable=None if progress else True, leave=False):
         x = torch.tensor([[bos] + w for w in group], device=device)
         logits = model(x, use_cache=False).logits.float()
         nll += torch.nn.functional.cross_entropy(
@@ -115,7 +115,7 @@ def lambada_accuracy(model, tokenizer, path: str, limit: Optional[int] = None, p
         raise CalibrationError(f"{path}: no LAMBADA examples")
     device = next(model.parameters()).device
     correct, nll = 0, 0.0
-    for row in tqdm(rows, desc="lambada", disable=not progress, leave=False):
+    for row in tqdm(rows, desc="lambada", disable=None if progress else True, leave=False):
         ctx = tokenizer(row["context"], add_special_tokens=False)["input_ids"]
         tgt = tokenizer(row["target"], add_special_tokens=False)["input_ids"]
         x = torch.tensor([ctx + tgt], device=device)

@@ -143,7 +143,7 @@ def dense_gramians(model, tokens: torch.Tensor, batch_size: int = 8, progress: b
     acts = [embeddings(b.to(device)) for b in tokens.split(batch_size)]
     blocks = family.blocks(model)
     out = []
-    bar = tqdm(total=len(blocks) * len(acts), desc="hankel ranks", unit="batch", disable=not progress)
+    bar = tqdm(total=len(blocks) * len(acts), desc="hankel ranks", unit="batch", disable=None if progress else True)
     for block in blocks:
         out.append(layer_gramians(block, layout, acts, bar, family))
         acts = [_propagate(block, a) for a in acts]
@@ -204,7 +204,7 @@ def prune_layers(
         else:  # hybrids: one dense forward records each block's input and keyword arguments (masks, rotary, …)
             acts, block_kwargs = capture_block_inputs(model, blocks, [b.to(device) for b in batches])
         dense_acts = [a.clone() for a in acts] if refit is not None and refit.target == "global" else None
-        bar = tqdm(total=len(mamba) * len(batches), desc=f"{method} layers", unit="batch", disable=not progress)
+        bar = tqdm(total=len(mamba) * len(batches), desc=f"{method} layers", unit="batch", disable=None if progress else True)
         for idx, block in enumerate(blocks):
             kw = block_kwargs[idx]
             if idx not in budget:  # attention / MLP / MoE block: carried through unchanged

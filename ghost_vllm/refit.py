@@ -36,16 +36,18 @@ DEFAULT_ALPHA = 1e-3
 class ReadoutStats:
     """Streamed float64 sufficient statistics of one layer's readout least-squares problem."""
 
-    def __init__(self, inner: int, hidden: int) -> None:
-        self.uu = torch.zeros(inner, inner, dtype=torch.float64)
-        self.tu = torch.zeros(hidden, inner, dtype=torch.float64)
+    def __init__(self, inner: int, hidden: int, device: torch.device | str = "cpu") -> None:
+        # on the device the pruning runs on (a GPU accumulates and solves there in float64; nothing is copied back
+        # per batch)
+        self.uu = torch.zeros(inner, inner, dtype=torch.float64, device=device)
+        self.tu = torch.zeros(hidden, inner, dtype=torch.float64, device=device)
         self.tt = 0.0
         self.tokens = 0
 
     def update(self, u: torch.Tensor, t: torch.Tensor) -> None:
         """``u`` [..., I] pruned readout inputs, ``t`` [..., hidden] targets for the same tokens."""
-        u = u.reshape(-1, u.shape[-1]).double().cpu()
-        t = t.reshape(-1, t.shape[-1]).double().cpu()
+        u = u.reshape(-1, u.shape[-1]).to(self.uu.device, torch.float64)
+        t = t.reshape(-1, t.shape[-1]).to(self.uu.device, torch.float64)
         if u.shape[0] != t.shape[0]:
             raise AssertionError(f"{u.shape[0]} readout inputs for {t.shape[0]} targets")
         self.uu += u.T @ u
@@ -55,14 +57,14 @@ class ReadoutStats:
 
     def error(self, w: torch.Tensor) -> float:
         """Σ_tokens ||t − W u'||² from the statistics alone."""
-        w = w.double().cpu()
+        w = w.to(self.uu.device, torch.float64)
         return float(self.tt - 2 * (w * self.tu).sum() + ((w @ self.uu) * w).sum())
 
     def solve(self, w0: torch.Tensor, alpha: float = DEFAULT_ALPHA) -> torch.Tensor:
         """The ridge solution regularised toward ``w0`` [hidden, I] (float64)."""
-        w0 = w0.double().cpu()
+        w0 = w0.to(self.uu.device, torch.float64)
         lam = alpha * float(self.uu.diagonal().mean()) if self.tokens else 0.0
-        a = self.uu + lam * torch.eye(self.uu.shape[0], dtype=torch.float64)
+        a = self.uu + lam * torch.eye(self.uu.shape[0], dtype=torch.float64, device=self.uu.device)
         b = self.tu + lam * w0
         # W a = b  ⇔  a Wᵀ = bᵀ (a symmetric positive definite)
         return torch.linalg.solve(a, b.T).T
@@ -146,8 +148,8 @@ def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_
     if spec.target == "local" and (mid is not None or scale != 1.0 or not hasattr(block, "norm")):
         raise AssertionError(f"the local refit target needs h + mixer(norm(h)) blocks, not {family.name}'s")
     w0 = out_proj.weight.detach().clone()
-    bias = out_proj.bias.detach().double().cpu() if out_proj.bias is not None else None
-    stats = ReadoutStats(w0.shape[1], w0.shape[0])
+    bias = out_proj.bias.detach().double() if out_proj.bias is not None else None
+    stats = ReadoutStats(w0.shape[1], w0.shape[0], w0.device)
     outs, readouts, dense_next = [], [], []
     for i, a in enumerate(acts):
         call = calls[i] if calls else None
@@ -162,14 +164,14 @@ def refit_readout(idx: int, block, dense_block, acts: list[torch.Tensor], dense_
             with capture_readout_input(mixer, u), _capture_input(mid, m):
                 out[j : j + step] = _run(block, h, call)
             if spec.target == "local":
-                t = _mixer_out(dense_block, h).double().cpu()
+                t = _mixer_out(dense_block, h).double()
             else:
                 md: list[torch.Tensor] = []
                 with _capture_input(dense_mid, md):
                     dense_out[j : j + step] = _run(dense_block, dense_acts[i][j : j + step], call)
-                m_pruned = (m[0] if m else out[j : j + step]).double().cpu()
-                m_dense = (md[0] if md else dense_out[j : j + step]).double().cpu()
-                y = u[0].double().cpu() @ w0.double().cpu().T + (bias if bias is not None else 0.0)
+                m_pruned = (m[0] if m else out[j : j + step]).double()
+                m_dense = (md[0] if md else dense_out[j : j + step]).double()
+                y = u[0].double() @ w0.double().T + (bias if bias is not None else 0.0)
                 t = y + (m_dense - m_pruned) / scale
             stats.update(u[0], t - bias if bias is not None else t)
             us.append(u[0])

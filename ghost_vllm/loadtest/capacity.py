@@ -118,7 +118,7 @@ def run_capacity(spec: CapacitySpec, out_dir: Path, progress: bool = True, serve
     prompts = make_prompts(spec.dense, spec.requests, spec.prompt_len, spec.seed)
     runs = []
     total = spec.repeats * 2 * len(spec.concurrency) * spec.requests
-    bar = tqdm(total=total, desc="capacity", unit="req", disable=not progress)
+    bar = tqdm(total=total, desc="capacity", unit="req", disable=None if progress else True)
     for rep in range(spec.repeats):
         for variant, model in (("dense", spec.dense), ("pruned", spec.pruned)):
             bar.set_postfix(repeat=rep + 1, model=variant)

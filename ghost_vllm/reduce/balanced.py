@@ -82,6 +82,7 @@ class GramianAccumulator:
             raise AssertionError("no states were accumulated (the scan's on_step never ran)")
         if not self.states:
             raise AssertionError(f"no state was sampled ({self.tokens} steps < the state stride {self.stride})")
+        # the N × N eigen- and singular-value decompositions run on the CPU in float64 (tiny beside the scan)
         return Gramians((self.P * (self.tokens / self.states)).cpu(), (self.Q / self.tokens).cpu(), self.tokens)
 
 

@@ -39,7 +39,7 @@ def mask_gradients(model, tokens: torch.Tensor, batch_size: int, progress: bool 
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        for batch in tqdm(tokens.split(batch_size), desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(tokens.split(batch_size), desc=desc, disable=None if progress else True, leave=False):
             batch = batch.to(device)
             masks = [torch.ones(batch.shape[0], 1, layout.n_groups, layout.state_size, device=device,
                                 requires_grad=True) for _ in range(L)]
