@@ -90,14 +90,15 @@ def main() -> None:
         def pruning(m: dict) -> float:
             return m["calibration_s"] + m["allocation_s"]
 
-        rows.append({"model": label, "nsamples": nsamples, "seq_len": 128, "runs": runs, "median": med,
+        rows.append({"model": label, "nsamples": nsamples, "seq_len": 128, "repeats": args.repeats, "runs": runs,
+                     "median": med,
                      "ratio_wall": default["wall_s"] / paper["wall_s"],
                      "ratio_pruning": pruning(default) / pruning(paper),
                      "balanced_vs_default_pruning": pruning(balanced) / pruning(default),
                      "balanced_vs_default_wall": balanced["wall_s"] / default["wall_s"]})
     (OUT / "recipe_cost.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["`ghost-vllm prune` on this 2-core CPU, one process at a time, median of "
-             f"{args.repeats} interleaved runs (`python benchmarks/recipe_cost.py`). Pruning s = ghost.json's "
+    lines = ["`ghost-vllm prune` on this 2-core CPU, one process at a time, the median of each row's interleaved "
+             "runs (`python benchmarks/recipe_cost.py`; runs per variant in the first column). Pruning s = ghost.json's "
              "allocation + calibration (scores, surgery, refit); wall s = the whole process (imports, loading, "
              "writing).", "",
              "| model | calibration tokens | paper GHOST: pruning s / wall s | default recipe: pruning s / wall s | "
@@ -108,7 +109,7 @@ def main() -> None:
         b = r["median"].get("balanced (hankel + refit)")
         bal = (f"{b['calibration_s'] + b['allocation_s']:.1f} / {b['wall_s']:.1f} | "
                f"{r['balanced_vs_default_pruning']:.2f}× | {r['balanced_vs_default_wall']:.2f}×") if b else "— | — | —"
-        lines.append(f"| {r['model']} | {r['nsamples']} × {r['seq_len']} | "
+        lines.append(f"| {r['model']}, {r.get('repeats', 2)} runs | {r['nsamples']} × {r['seq_len']} | "
                      f"{p['calibration_s'] + p.get('allocation_s', 0.0):.1f} / "
                      f"{p['wall_s']:.1f} | {d['calibration_s'] + d['allocation_s']:.1f} / {d['wall_s']:.1f} | "
                      f"{r['ratio_pruning']:.2f}× | {r['ratio_wall']:.2f}× | {bal} |")
