@@ -1,8 +1,9 @@
 """Tensor parallelism in the real vLLM engine (CPU, 2 workers): a uniform ghost checkpoint (n_groups 1, through
 `ghost-vllm serve --tensor-parallel-size 2`) and a per-layer one (n_groups 2, with the int8 SSM state, through plain
 `vllm serve` with the thread binding the README gives) give TP 1's greedy tokens, allocate exactly the blocks `ghost-vllm plan
---tensor-parallel-size 2` predicts, and export ghost: metrics priced per rank. One engine start per checkpoint and TP
-size (4 in all)."""
+--tensor-parallel-size 2` predicts, and export ghost: metrics priced per rank; so does a balanced-truncation checkpoint
+(n_groups 2, per-layer ranks: its projections sharded by group). One engine start per checkpoint and TP size (6 in
+all)."""
 
 from __future__ import annotations
 
@@ -59,21 +60,25 @@ def tp(tmp_path_factory):
     common = ["--calibration", str(CALIBRATION_TEXT), "--nsamples", "8", "--seq-len", "32", "--no-progress"]
     save_tiny_checkpoint(root / "dense-g1", seed=31, n_groups=1)
     save_tiny_checkpoint(root / "dense-g2", seed=32, n_groups=2, num_hidden_layers=4)
-    models = {"uniform-g1": root / "uniform-g1", "layers-g2": root / "layers-g2"}
+    models = {"uniform-g1": root / "uniform-g1", "layers-g2": root / "layers-g2", "balanced-g2": root / "balanced-g2"}
     assert cli(["prune", "--model", str(root / "dense-g1"), *common, "--sparsity", "0.5", "--allocation", "uniform",
                 "--out", str(models["uniform-g1"])]) == 0
     assert cli(["prune", "--model", str(root / "dense-g2"), *common, "--multiple-of", "4", "--state-sizes",
                 "4,16,8,12", "--state-dtype", "int8", "--out", str(models["layers-g2"])]) == 0  # + the int8 state
+    # balanced truncation, Hankel ranks, n_groups 2: each rank holds one group's projections (sharded by group)
+    assert cli(["prune", "--model", str(root / "dense-g2"), *common, "--method", "balanced", "--sparsity", "0.5",
+                "--multiple-of", "4", "--out", str(models["balanced-g2"])]) == 0
     jobs = [{"model": str(m), "prompts": [SHORT, LONG], "max_tokens": TOKENS, "kv_cache_memory_bytes": MEMORY}
             for m in models.values()]
     tp1 = dict(zip(models, run_jobs(jobs, root)))
     tp2 = {"uniform-g1": _served(models["uniform-g1"], "uniform-g1", root, "ghost-vllm"),
            "layers-g2": _served(models["layers-g2"], "layers-g2", root, "vllm",
-                                env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})}
+                                env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
+           "balanced-g2": _served(models["balanced-g2"], "balanced-g2", root, "ghost-vllm")}
     return models, tp1, tp2
 
 
-@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2"])
+@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2", "balanced-g2"])
 def test_tp2_greedy_tokens_equal_tp1(tp, name):
     _, tp1, tp2 = tp
     assert tp1[name]["error"] is None, tp1[name]["error"]
@@ -81,7 +86,7 @@ def test_tp2_greedy_tokens_equal_tp1(tp, name):
     assert tp2[name]["tokens"] == tp1[name]["tokens"]
 
 
-@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2"])
+@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2", "balanced-g2"])
 def test_tp2_blocks_equal_the_planner(tp, name):
     models, tp1, tp2 = tp
     text = tp2[name]["metrics"]
@@ -94,7 +99,7 @@ def test_tp2_blocks_equal_the_planner(tp, name):
     assert blocks > tp1[name]["num_gpu_blocks"]
 
 
-@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2"])
+@pytest.mark.parametrize("name", ["uniform-g1", "layers-g2", "balanced-g2"])
 def test_tp2_ghost_metrics_are_priced_per_rank(tp, name):
     models, _, tp2 = tp
     text = tp2[name]["metrics"]
