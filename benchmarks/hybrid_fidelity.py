@@ -110,7 +110,7 @@ def write(summary: dict, out: Path) -> None:
         for method in ("ghost", "balanced"):
             for refit in (False, True):
                 ppl = red.get(f"{method}|{refit}", {})
-                cells = [f"{ppl[str(k)]:.2f} ({100 * (ppl[str(k)] / d - 1):+.2f} %)" if str(k) in ppl else "—"
+                cells = [f"{ppl[str(k)]:.2f} ({100 * (ppl[str(k)] / d - 1):+.3f} %)" if str(k) in ppl else "—"
                          for k in KAPPAS]
                 lines.append(f"| {method}{' + refit' if refit else ''} | " + " | ".join(cells) + " |")
     (out / "hybrid_fidelity.md").write_text("\n".join(lines) + "\n")

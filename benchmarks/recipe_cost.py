@@ -109,7 +109,8 @@ def main() -> None:
         b = r["median"].get("balanced (hankel + refit)")
         bal = (f"{b['calibration_s'] + b['allocation_s']:.1f} / {b['wall_s']:.1f} | "
                f"{r['balanced_vs_default_pruning']:.2f}× | {r['balanced_vs_default_wall']:.2f}×") if b else "— | — | —"
-        lines.append(f"| {r['model']}, {r.get('repeats', 2)} runs | {r['nsamples']} × {r['seq_len']} | "
+        n = r.get('repeats', 2)
+        lines.append(f"| {r['model']}, {n} run{'s' if n != 1 else ''} | {r['nsamples']} × {r['seq_len']} | "
                      f"{p['calibration_s'] + p.get('allocation_s', 0.0):.1f} / "
                      f"{p['wall_s']:.1f} | {d['calibration_s'] + d['allocation_s']:.1f} / {d['wall_s']:.1f} | "
                      f"{r['ratio_pruning']:.2f}× | {r['ratio_wall']:.2f}× | {bal} |")
