@@ -71,8 +71,8 @@ class GramianAccumulator:
         self._step += 1
         if self._step % self.stride:  # P from every stride-th step's state (see STATE_STRIDE)
             return
-        # one step's product in the states' dtype (a GEMM over b·heads·head_dim rows, 3× faster than float64 on a
-        # CPU), summed over the steps in float64: rows of a group are its heads' (contiguous) × head_dim × batch
+        # one step's product in the states' dtype (a GEMM over b·heads·head_dim rows, cheaper than float64), summed
+        # over the steps in float64: rows of a group are its heads' (contiguous) × head_dim × batch
         hg = h.reshape(b, self.G, self.hpg * Pd, N).transpose(0, 1).reshape(self.G, b * self.hpg * Pd, N)
         self.P += torch.bmm(hg.transpose(1, 2), hg).double()
         self.states += b
